@@ -1,0 +1,184 @@
+//! The two body types the proxy moves: [`RequestBody`] (client → upstream, with the streamed upload
+//! cap) and [`ProxyBody`] (→ client: an upstream stream, or a small body tiergate wrote itself).
+//!
+//! Both are thin wrappers over hyper's `Incoming`, so bodies stream in both directions without being
+//! buffered. `ProxyBody` also carries the request's [`Guards`], released when the body ends or is
+//! dropped (the client went away): that is what returns a concurrency slot.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::limit::Lease;
+use crate::server::ConnActivity;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The upload went past the tier's cap while streaming.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the upload limit")]
+pub struct UploadTooLarge;
+
+/// Client → upstream. Counts streamed bytes against `cap` when the size was not declared up front.
+pub struct RequestBody {
+    inner: Option<Incoming>,
+    cap: Option<u64>,
+    seen: u64,
+    exceeded: Option<Arc<AtomicBool>>,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming) -> RequestBody {
+        RequestBody { inner: Some(inner), cap: None, seen: 0, exceeded: None }
+    }
+
+    pub fn empty() -> RequestBody {
+        RequestBody { inner: None, cap: None, seen: 0, exceeded: None }
+    }
+
+    /// Cuts the stream off past `cap` bytes; `flag` is set when that happens.
+    pub fn with_cap(mut self, cap: u64, flag: Arc<AtomicBool>) -> RequestBody {
+        self.cap = Some(cap);
+        self.exceeded = Some(flag);
+        self
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(cap), Some(data)) = (this.cap, frame.data_ref()) {
+                    this.seen += data.len() as u64;
+                    if this.seen > cap {
+                        if let Some(flag) = &this.exceeded {
+                            flag.store(true, Ordering::Release);
+                        }
+                        this.inner = None;
+                        return Poll::Ready(Some(Err(Box::new(UploadTooLarge))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+/// What a request holds until its response body is done: the in-flight gauge, the connection's
+/// activity count (idle timeout) and, when the tier has a concurrency cap, its slot.
+pub struct Guards {
+    pub inflight: InflightGuard,
+    pub lease: Option<Lease>,
+}
+
+/// Counts a request in `tiergate_inflight_requests` and in its connection's activity until dropped.
+pub struct InflightGuard {
+    gauge: metrics::Gauge,
+    conn: Arc<ConnActivity>,
+}
+
+impl InflightGuard {
+    pub fn new(gauge: &metrics::Gauge, conn: &Arc<ConnActivity>) -> InflightGuard {
+        gauge.increment(1.0);
+        conn.begin();
+        InflightGuard { gauge: gauge.clone(), conn: Arc::clone(conn) }
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.gauge.decrement(1.0);
+        self.conn.end();
+    }
+}
+
+/// → client.
+pub struct ProxyBody {
+    kind: Kind,
+    guards: Option<Guards>,
+}
+
+enum Kind {
+    Empty,
+    Bytes(Option<Bytes>),
+    Upstream(Incoming),
+}
+
+impl ProxyBody {
+    pub fn empty() -> ProxyBody {
+        ProxyBody { kind: Kind::Empty, guards: None }
+    }
+
+    pub fn bytes(b: impl Into<Bytes>) -> ProxyBody {
+        ProxyBody { kind: Kind::Bytes(Some(b.into())), guards: None }
+    }
+
+    pub fn upstream(body: Incoming) -> ProxyBody {
+        ProxyBody { kind: Kind::Upstream(body), guards: None }
+    }
+
+    /// Keeps `guards` alive until this body ends or is dropped.
+    pub fn hold(&mut self, guards: Guards) {
+        if self.is_end_stream() {
+            drop(guards);
+        } else {
+            self.guards = Some(guards);
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let out = match &mut this.kind {
+            Kind::Empty => Poll::Ready(None),
+            Kind::Bytes(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream(inner) => Pin::new(inner).poll_frame(cx),
+        };
+        if matches!(out, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            // Body finished (or failed): release the slot now, not when hyper drops us.
+            this.guards = None;
+        }
+        out
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Empty => true,
+            Kind::Bytes(b) => b.is_none(),
+            Kind::Upstream(inner) => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Empty => SizeHint::with_exact(0),
+            Kind::Bytes(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Upstream(inner) => inner.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,947 @@
+//! `config.toml` → [`Config`]: the typed mirror of the file, and every check that needs only the file.
+//!
+//! The file is read into a TOML table and walked by hand rather than through `serde::Deserialize`, so
+//! that one pass reports **every** problem, each naming its key (`tiers.free.requests_per_hour:
+//! expected an integer`), instead of stopping at the first. Unknown keys are problems too. Checks
+//! that need the outside world (environment variables, key files) belong to
+//! [`crate::snapshot::Snapshot::compile`], which is the only reader of a `Config`.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+/// Every problem found in a config, each line naming its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Production,
+    Staging,
+    Development,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    Allow,
+    Deny,
+    Local,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    SlidingLog,
+    Gcra,
+    FixedWindow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidToken {
+    Reject,
+    Anonymous,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TierSource {
+    Claim,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitHeaders {
+    Legacy,
+    Ietf,
+    Both,
+    None,
+}
+
+/// Route classes, in the order used for per-class tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Class {
+    General = 0,
+    Api = 1,
+    DataExport = 2,
+    Exempt = 3,
+}
+
+impl Class {
+    pub const ALL: [Class; 4] = [Class::General, Class::Api, Class::DataExport, Class::Exempt];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::General => "general",
+            Class::Api => "api",
+            Class::DataExport => "data_export",
+            Class::Exempt => "exempt",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Class> {
+        Class::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub tls: Option<TlsConfig>,
+    pub storage: StorageConfig,
+    pub identity: IdentityConfig,
+    /// In file order of appearance is not kept by TOML tables; sorted by name.
+    pub tiers: Vec<TierConfig>,
+    pub routes: Vec<RouteConfig>,
+    pub headers: HeadersConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub upstream: http::Uri,
+    pub environment: Environment,
+    pub trusted_proxies: Vec<IpNet>,
+    pub upstream_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub backend: Backend,
+    pub url: String,
+    pub cluster_nodes: Vec<String>,
+    pub key_prefix: String,
+    pub timeout: Duration,
+    pub on_error: OnError,
+    pub local_share_divisor: u64,
+    pub lease_ttl: Duration,
+    pub algorithm: Algorithm,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    pub jwt_algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub jwt_secret_env: String,
+    pub jwt_public_key_file: Option<PathBuf>,
+    pub jwks_file: Option<PathBuf>,
+    pub jwks_url: Option<String>,
+    pub jwks_refresh: Duration,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway: Duration,
+    pub user_claim: String,
+    pub tier_claim: String,
+    pub default_tier: String,
+    pub anonymous_tier: String,
+    pub invalid_token: InvalidToken,
+    pub tier_source: TierSource,
+    pub tier_cache_ttl: Duration,
+    pub user_id_header: http::HeaderName,
+    pub tier_header: http::HeaderName,
+}
+
+/// A tier's limits; `-1` is unlimited, `0` none allowed.
+#[derive(Debug, Clone)]
+pub struct TierConfig {
+    pub name: String,
+    pub requests_per_hour: i64,
+    pub requests_per_day: i64,
+    pub concurrent_requests: i64,
+    pub data_export_per_day: i64,
+    pub file_upload_size_mb: i64,
+    pub api_calls_per_minute: i64,
+    pub limits: Vec<CustomLimit>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CustomLimit {
+    pub name: String,
+    pub requests: i64,
+    pub window: Duration,
+    /// Empty: every limited class.
+    pub classes: Vec<Class>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub prefix: String,
+    pub class: Class,
+    pub methods: Vec<http::Method>,
+    pub shadow: bool,
+    pub on_error: Option<OnError>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HeadersConfig {
+    pub rate_limit: RateLimitHeaders,
+    pub remove: Vec<http::HeaderName>,
+    pub security: SecurityHeaders,
+}
+
+#[derive(Debug, Clone)]
+pub struct SecurityHeaders {
+    pub enabled: bool,
+    pub strict_transport_security: String,
+    pub x_content_type_options: String,
+    pub x_frame_options: String,
+    pub x_xss_protection: String,
+    pub referrer_policy: String,
+    pub permissions_policy: String,
+    pub content_security_policy: String,
+}
+
+/// Window names the seed's named limits use; custom limits may not take them.
+pub const RESERVED_WINDOW_NAMES: [&str; 5] = ["minute", "hour", "day", "export_day", "concurrent"];
+
+impl Config {
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors(vec![format!("{}: cannot read: {e}", path.display())]))?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates config text, reporting every problem at once.
+    pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        let root: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigErrors(vec![format!("config is not valid TOML: {}", e.to_string().trim())]))?;
+        let mut errors = Vec::new();
+        let config = read_config(&root, &mut errors);
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The walker: typed getters that record a problem (naming the key) and fall back to the default.
+
+struct Section<'t, 'e> {
+    path: String,
+    table: Option<&'t toml::Table>,
+    known: Vec<&'static str>,
+    errors: &'e mut Vec<String>,
+}
+
+impl<'t, 'e> Section<'t, 'e> {
+    fn new(path: impl Into<String>, value: Option<&'t toml::Value>, errors: &'e mut Vec<String>) -> Self {
+        let path = path.into();
+        let table = match value {
+            None => None,
+            Some(toml::Value::Table(t)) => Some(t),
+            Some(_) => {
+                errors.push(format!("{path}: expected a table"));
+                None
+            }
+        };
+        Section { path, table, known: Vec::new(), errors }
+    }
+
+    fn key(&self, key: &str) -> String {
+        match (self.path.is_empty(), key.is_empty()) {
+            (true, _) => key.to_string(),
+            (false, true) => self.path.clone(),
+            (false, false) => format!("{}.{key}", self.path),
+        }
+    }
+
+    fn raw(&mut self, key: &'static str) -> Option<&'t toml::Value> {
+        self.known.push(key);
+        self.table.and_then(|t| t.get(key))
+    }
+
+    fn problem(&mut self, key: &str, what: impl fmt::Display) {
+        let k = self.key(key);
+        self.errors.push(format!("{k}: {what}"));
+    }
+
+    fn int(&mut self, key: &'static str, default: i64) -> i64 {
+        match self.raw(key) {
+            None => default,
+            Some(toml::Value::Integer(i)) => *i,
+            Some(_) => {
+                self.problem(key, "expected an integer");
+                default
+            }
+        }
+    }
+
+    /// An integer that must be -1 (unlimited) or ≥ 0.
+    fn limit(&mut self, key: &'static str) -> i64 {
+        let v = self.int(key, -1);
+        if v < -1 {
+            self.problem(key, format!("expected -1 (unlimited), 0 (none) or a positive integer, got {v}"));
+            return -1;
+        }
+        v
+    }
+
+    fn opt_int(&mut self, key: &'static str) -> Option<i64> {
+        match self.raw(key) {
+            None => None,
+            Some(toml::Value::Integer(i)) => Some(*i),
+            Some(_) => {
+                self.problem(key, "expected an integer");
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, key: &'static str, default: bool) -> bool {
+        match self.raw(key) {
+            None => default,
+            Some(toml::Value::Boolean(b)) => *b,
+            Some(_) => {
+                self.problem(key, "expected true or false");
+                default
+            }
+        }
+    }
+
+    fn opt_string(&mut self, key: &'static str) -> Option<String> {
+        match self.raw(key) {
+            None => None,
+            Some(toml::Value::String(s)) => Some(s.clone()),
+            Some(_) => {
+                self.problem(key, "expected a string");
+                None
+            }
+        }
+    }
+
+    fn string(&mut self, key: &'static str, default: &str) -> String {
+        self.opt_string(key).unwrap_or_else(|| default.to_string())
+    }
+
+    fn strings(&mut self, key: &'static str, default: &[&str]) -> Vec<String> {
+        match self.raw(key) {
+            None => default.iter().map(|s| s.to_string()).collect(),
+            Some(toml::Value::Array(items)) => {
+                let mut out = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    match item {
+                        toml::Value::String(s) => out.push(s.clone()),
+                        _ => self.problem(&format!("{key}[{i}]"), "expected a string"),
+                    }
+                }
+                out
+            }
+            Some(_) => {
+                self.problem(key, "expected a list of strings");
+                default.iter().map(|s| s.to_string()).collect()
+            }
+        }
+    }
+
+    fn duration(&mut self, key: &'static str, default: Duration) -> Duration {
+        match self.raw(key) {
+            None => default,
+            Some(toml::Value::String(text)) => parse_duration(text).unwrap_or_else(|| {
+                self.problem(key, format!("expected a duration like \"50ms\", \"2s\", \"10m\", \"1h\", \"1d\", got {text:?}"));
+                default
+            }),
+            Some(_) => {
+                self.problem(key, "expected a duration string like \"50ms\", \"2s\", \"1h\"");
+                default
+            }
+        }
+    }
+
+    fn choice<T: Copy>(&mut self, key: &'static str, default: T, options: &[(&str, T)]) -> T {
+        let Some(s) = self.opt_string(key) else { return default };
+        match options.iter().find(|(name, _)| *name == s) {
+            Some((_, v)) => *v,
+            None => {
+                let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+                self.problem(key, format!("expected one of {}, got {s:?}", names.join(" | ")));
+                default
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, key: &'static str, default: &str) -> SocketAddr {
+        let s = self.string(key, default);
+        match s.parse() {
+            Ok(a) => a,
+            Err(_) => {
+                self.problem(key, format!("expected an address like \"0.0.0.0:8080\", got {s:?}"));
+                default.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+            }
+        }
+    }
+
+    fn header_name(&mut self, key: &'static str, default: &str) -> http::HeaderName {
+        let s = self.string(key, default);
+        match http::HeaderName::from_bytes(s.as_bytes()) {
+            Ok(h) => h,
+            Err(_) => {
+                self.problem(key, format!("{s:?} is not a valid header name"));
+                http::HeaderName::from_static("x-invalid")
+            }
+        }
+    }
+
+    /// Reports keys this section does not know.
+    fn finish(self) {
+        if let Some(t) = self.table {
+            for k in t.keys() {
+                if !self.known.contains(&k.as_str()) {
+                    let key = if self.path.is_empty() { k.clone() } else { format!("{}.{k}", self.path) };
+                    self.errors.push(format!("{key}: unknown key"));
+                }
+            }
+        }
+    }
+}
+
+/// Parses "50ms", "2s", "10m", "1h", "1d" (a whole number and one unit).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let ms = match unit.trim() {
+        "ms" => n,
+        "s" => n.checked_mul(1_000)?,
+        "m" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        "d" => n.checked_mul(86_400_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(ms))
+}
+
+/// Formats a duration the way the config writes it (largest exact unit).
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis() as u64;
+    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+        if ms >= size && ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+fn read_config(root: &toml::Table, errors: &mut Vec<String>) -> Config {
+    const SECTIONS: [&str; 7] = ["server", "tls", "storage", "identity", "tiers", "routes", "headers"];
+    for k in root.keys() {
+        if !SECTIONS.contains(&k.as_str()) {
+            errors.push(format!("{k}: unknown key"));
+        }
+    }
+    let server = read_server(root.get("server"), errors);
+    let tls = read_tls(root.get("tls"), errors);
+    let storage = read_storage(root.get("storage"), errors);
+    let identity = read_identity(root.get("identity"), errors);
+    let tiers = read_tiers(root.get("tiers"), errors);
+    let routes = read_routes(root.get("routes"), errors);
+    let headers = read_headers(root.get("headers"), errors);
+
+    let tier_names: BTreeSet<&str> = tiers.iter().map(|t| t.name.as_str()).collect();
+    if tiers.is_empty() && !errors.iter().any(|e| e.starts_with("tiers")) {
+        errors.push("tiers: at least one tier is required, e.g. [tiers.free]".into());
+    }
+    for (key, name) in [
+        ("identity.default_tier", &identity.default_tier),
+        ("identity.anonymous_tier", &identity.anonymous_tier),
+    ] {
+        if !tiers.is_empty() && !tier_names.contains(name.as_str()) {
+            let known: Vec<&str> = tier_names.iter().copied().collect();
+            errors.push(format!("{key}: tier {name:?} is not defined (tiers: {})", known.join(", ")));
+        }
+    }
+
+    Config { server, tls, storage, identity, tiers, routes, headers }
+}
+
+fn read_server(value: Option<&toml::Value>, errors: &mut Vec<String>) -> ServerConfig {
+    let mut s = Section::new("server", value, errors);
+    let listen = s.socket_addr("listen", "0.0.0.0:8080");
+    let admin_listen = s.socket_addr("admin_listen", "0.0.0.0:9901");
+    let upstream_text = s.string("upstream", "http://127.0.0.1:8000");
+    let upstream = match upstream_text.parse::<http::Uri>() {
+        Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {
+            if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+                s.problem("upstream", format!("expected a base URL without a path, like \"http://127.0.0.1:8000\", got {upstream_text:?}"));
+            }
+            uri
+        }
+        Ok(uri) if uri.scheme_str() == Some("https") => {
+            s.problem("upstream", "https:// upstreams are not supported by this build yet; use http://");
+            uri
+        }
+        _ => {
+            s.problem("upstream", format!("expected a URL like \"http://127.0.0.1:8000\", got {upstream_text:?}"));
+            http::Uri::from_static("http://127.0.0.1:8000")
+        }
+    };
+    let environment = s.choice(
+        "environment",
+        Environment::Production,
+        &[
+            ("production", Environment::Production),
+            ("staging", Environment::Staging),
+            ("development", Environment::Development),
+        ],
+    );
+    let mut trusted_proxies = Vec::new();
+    for (i, text) in s.strings("trusted_proxies", &[]).into_iter().enumerate() {
+        match text.parse::<IpNet>().or_else(|_| text.parse::<IpAddr>().map(IpNet::from)) {
+            Ok(net) => trusted_proxies.push(net),
+            Err(_) => s.problem(&format!("trusted_proxies[{i}]"), format!("expected a CIDR like \"10.0.0.0/8\" or an IP address, got {text:?}")),
+        }
+    }
+    let upstream_timeout = s.duration("upstream_timeout", Duration::from_secs(30));
+    let header_read_timeout = s.duration("header_read_timeout", Duration::from_secs(10));
+    let idle_timeout = s.duration("idle_timeout", Duration::from_secs(60));
+    let max_header_bytes = s.int("max_header_bytes", 65_536);
+    if !(8_192..=16 * 1_048_576).contains(&max_header_bytes) {
+        s.problem("max_header_bytes", format!("expected a size between 8192 and 16777216 bytes, got {max_header_bytes}"));
+    }
+    let shutdown_grace = s.duration("shutdown_grace", Duration::from_secs(25));
+    for (key, d) in [
+        ("upstream_timeout", upstream_timeout),
+        ("header_read_timeout", header_read_timeout),
+        ("idle_timeout", idle_timeout),
+    ] {
+        if d.is_zero() {
+            s.problem(key, "must be greater than zero");
+        }
+    }
+    s.finish();
+    ServerConfig {
+        listen,
+        admin_listen,
+        upstream,
+        environment,
+        trusted_proxies,
+        upstream_timeout,
+        header_read_timeout,
+        idle_timeout,
+        max_header_bytes: max_header_bytes.clamp(8_192, 16 * 1_048_576) as usize,
+        shutdown_grace,
+    }
+}
+
+fn read_tls(value: Option<&toml::Value>, errors: &mut Vec<String>) -> Option<TlsConfig> {
+    value?;
+    let mut s = Section::new("tls", value, errors);
+    let cert_file = s.opt_string("cert_file");
+    let key_file = s.opt_string("key_file");
+    s.problem("", "TLS termination is not supported by this build yet; remove [tls] and terminate TLS in front of tiergate");
+    s.finish();
+    Some(TlsConfig {
+        cert_file: cert_file.unwrap_or_default().into(),
+        key_file: key_file.unwrap_or_default().into(),
+    })
+}
+
+fn read_storage(value: Option<&toml::Value>, errors: &mut Vec<String>) -> StorageConfig {
+    let mut s = Section::new("storage", value, errors);
+    let backend = s.choice("backend", Backend::Memory, &[("memory", Backend::Memory), ("redis", Backend::Redis)]);
+    if backend == Backend::Redis {
+        s.problem("backend", "\"redis\" is not supported by this build yet; use \"memory\"");
+    }
+    let url = s.string("url", "redis://127.0.0.1:6379/0");
+    let cluster_nodes = s.strings("cluster_nodes", &[]);
+    let key_prefix = s.string("key_prefix", "rate_limit");
+    if key_prefix.is_empty() || key_prefix.contains(['{', '}', ' ']) {
+        s.problem("key_prefix", format!("expected a non-empty prefix without braces or spaces, got {key_prefix:?}"));
+    }
+    let timeout = s.duration("timeout", Duration::from_millis(50));
+    let on_error = read_on_error(&mut s, OnError::Local).unwrap_or(OnError::Local);
+    let divisor = s.int("local_share_divisor", 1);
+    if divisor < 1 {
+        s.problem("local_share_divisor", format!("expected an integer ≥ 1, got {divisor}"));
+    }
+    let lease_ttl = s.duration("lease_ttl", Duration::from_secs(30));
+    if lease_ttl < Duration::from_secs(1) {
+        s.problem("lease_ttl", "must be at least 1s");
+    }
+    let algorithm = s.choice(
+        "algorithm",
+        Algorithm::SlidingLog,
+        &[
+            ("sliding_log", Algorithm::SlidingLog),
+            ("gcra", Algorithm::Gcra),
+            ("fixed_window", Algorithm::FixedWindow),
+        ],
+    );
+    s.finish();
+    StorageConfig {
+        backend,
+        url,
+        cluster_nodes,
+        key_prefix,
+        timeout,
+        on_error,
+        local_share_divisor: divisor.max(1) as u64,
+        lease_ttl,
+        algorithm,
+    }
+}
+
+fn read_on_error(s: &mut Section<'_, '_>, default: OnError) -> Option<OnError> {
+    let present = s.table.is_some_and(|t| t.contains_key("on_error"));
+    let v = s.choice("on_error", default, &[("allow", OnError::Allow), ("deny", OnError::Deny), ("local", OnError::Local)]);
+    present.then_some(v)
+}
+
+/// The algorithms `identity.jwt_algorithms` may name.
+pub const JWT_ALGORITHMS: [(&str, jsonwebtoken::Algorithm); 9] = [
+    ("HS256", jsonwebtoken::Algorithm::HS256),
+    ("HS384", jsonwebtoken::Algorithm::HS384),
+    ("HS512", jsonwebtoken::Algorithm::HS512),
+    ("RS256", jsonwebtoken::Algorithm::RS256),
+    ("RS384", jsonwebtoken::Algorithm::RS384),
+    ("RS512", jsonwebtoken::Algorithm::RS512),
+    ("ES256", jsonwebtoken::Algorithm::ES256),
+    ("ES384", jsonwebtoken::Algorithm::ES384),
+    ("EdDSA", jsonwebtoken::Algorithm::EdDSA),
+];
+
+fn read_identity(value: Option<&toml::Value>, errors: &mut Vec<String>) -> IdentityConfig {
+    let mut s = Section::new("identity", value, errors);
+    let mut jwt_algorithms = Vec::new();
+    let names = s.strings("jwt_algorithms", &["HS256"]);
+    if names.is_empty() {
+        s.problem("jwt_algorithms", "at least one algorithm is required");
+    }
+    for (i, name) in names.iter().enumerate() {
+        match JWT_ALGORITHMS.iter().find(|(n, _)| n == name) {
+            Some((_, alg)) => {
+                if !jwt_algorithms.contains(alg) {
+                    jwt_algorithms.push(*alg);
+                }
+            }
+            None if name.eq_ignore_ascii_case("none") => {
+                s.problem(&format!("jwt_algorithms[{i}]"), "\"none\" is never accepted: unsigned tokens would let anyone pick their tier")
+            }
+            None => s.problem(
+                &format!("jwt_algorithms[{i}]"),
+                format!("unknown algorithm {name:?}; expected one of HS256 HS384 HS512 RS256 RS384 RS512 ES256 ES384 EdDSA"),
+            ),
+        }
+    }
+    let jwt_secret_env = s.string("jwt_secret_env", "JWT_SECRET_KEY");
+    let jwt_public_key_file = s.opt_string("jwt_public_key_file").map(PathBuf::from);
+    let jwks_file = s.opt_string("jwks_file").map(PathBuf::from);
+    let jwks_url = s.opt_string("jwks_url");
+    if jwks_url.is_some() {
+        s.problem("jwks_url", "fetching keys from a URL is not supported by this build yet; use jwks_file");
+    }
+    let jwks_refresh = s.duration("jwks_refresh", Duration::from_secs(600));
+    let issuer = s.opt_string("issuer");
+    let audience = s.opt_string("audience");
+    let leeway = s.duration("leeway", Duration::from_secs(30));
+    let user_claim = s.string("user_claim", "sub");
+    let tier_claim = s.string("tier_claim", "tier");
+    let default_tier = s.string("default_tier", "free");
+    let anonymous_tier = s.string("anonymous_tier", "free");
+    let invalid_token = s.choice(
+        "invalid_token",
+        InvalidToken::Reject,
+        &[("reject", InvalidToken::Reject), ("anonymous", InvalidToken::Anonymous)],
+    );
+    let tier_source = s.choice("tier_source", TierSource::Claim, &[("claim", TierSource::Claim), ("redis", TierSource::Redis)]);
+    if tier_source == TierSource::Redis {
+        s.problem("tier_source", "\"redis\" is not supported by this build yet; use \"claim\"");
+    }
+    let tier_cache_ttl = s.duration("tier_cache_ttl", Duration::from_secs(60));
+    let user_id_header = s.header_name("user_id_header", "X-User-Id");
+    let tier_header = s.header_name("tier_header", "X-User-Tier");
+    s.finish();
+    IdentityConfig {
+        jwt_algorithms,
+        jwt_secret_env,
+        jwt_public_key_file,
+        jwks_file,
+        jwks_url,
+        jwks_refresh,
+        issuer,
+        audience,
+        leeway,
+        user_claim,
+        tier_claim,
+        default_tier,
+        anonymous_tier,
+        invalid_token,
+        tier_source,
+        tier_cache_ttl,
+        user_id_header,
+        tier_header,
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn read_tiers(value: Option<&toml::Value>, errors: &mut Vec<String>) -> Vec<TierConfig> {
+    let Some(value) = value else { return Vec::new() };
+    let Some(table) = value.as_table() else {
+        errors.push("tiers: expected a table of tiers, e.g. [tiers.free]".into());
+        return Vec::new();
+    };
+    let mut tiers = Vec::new();
+    for (name, body) in table {
+        let path = format!("tiers.{name}");
+        if !valid_name(name) {
+            errors.push(format!("{path}: tier names use letters, digits, '_' and '-' only"));
+        }
+        let mut s = Section::new(path.clone(), Some(body), errors);
+        let mut tier = TierConfig {
+            name: name.clone(),
+            requests_per_hour: s.limit("requests_per_hour"),
+            requests_per_day: s.limit("requests_per_day"),
+            concurrent_requests: s.limit("concurrent_requests"),
+            data_export_per_day: s.limit("data_export_per_day"),
+            file_upload_size_mb: s.limit("file_upload_size_mb"),
+            api_calls_per_minute: s.limit("api_calls_per_minute"),
+            limits: Vec::new(),
+        };
+        let limits = s.raw("limits");
+        s.finish();
+        match limits {
+            None => {}
+            Some(toml::Value::Array(items)) => {
+                let mut seen = BTreeSet::new();
+                for (i, item) in items.iter().enumerate() {
+                    let mut l = Section::new(format!("{path}.limits[{i}]"), Some(item), errors);
+                    let lname = l.opt_string("name");
+                    let requests = l.opt_int("requests");
+                    let window = l.duration("window", Duration::ZERO);
+                    let class_names = l.strings("classes", &[]);
+                    match &lname {
+                        None => l.problem("name", "required (names the window in headers, e.g. \"burst\")"),
+                        Some(n) if !valid_name(n) => l.problem("name", format!("{n:?}: use letters, digits, '_' and '-' only")),
+                        Some(n) if RESERVED_WINDOW_NAMES.contains(&n.as_str()) => {
+                            l.problem("name", format!("{n:?} is reserved for the tier's named limits"))
+                        }
+                        Some(n) if !seen.insert(n.clone()) => l.problem("name", format!("{n:?} is used twice in this tier")),
+                        Some(_) => {}
+                    }
+                    match requests {
+                        None if l.table.is_some_and(|t| !t.contains_key("requests")) => l.problem("requests", "required"),
+                        Some(r) if r < -1 => l.problem("requests", format!("expected -1, 0 or a positive integer, got {r}")),
+                        _ => {}
+                    }
+                    if l.table.is_some_and(|t| !t.contains_key("window")) {
+                        l.problem("window", "required, e.g. \"10s\"");
+                    } else if window < Duration::from_secs(1) && l.table.is_some_and(|t| t.get("window").is_some_and(|v| v.is_str())) {
+                        l.problem("window", "must be at least 1s");
+                    }
+                    let mut classes = Vec::new();
+                    for (j, c) in class_names.iter().enumerate() {
+                        match Class::parse(c) {
+                            Some(Class::Exempt) => l.problem(&format!("classes[{j}]"), "\"exempt\" requests are never limited"),
+                            Some(c) => classes.push(c),
+                            None => l.problem(&format!("classes[{j}]"), format!("expected general | api | data_export, got {c:?}")),
+                        }
+                    }
+                    l.finish();
+                    tier.limits.push(CustomLimit {
+                        name: lname.unwrap_or_default(),
+                        requests: requests.unwrap_or(-1),
+                        window: window.max(Duration::from_secs(1)),
+                        classes,
+                    });
+                }
+                if tier.limits.len() > 32 {
+                    errors.push(format!("{path}.limits: at most 32 custom limits per tier"));
+                }
+            }
+            Some(_) => errors.push(format!("{path}.limits: expected an array of tables, e.g. [[{path}.limits]]")),
+        }
+        tiers.push(tier);
+    }
+    tiers
+}
+
+fn read_routes(value: Option<&toml::Value>, errors: &mut Vec<String>) -> Vec<RouteConfig> {
+    let Some(value) = value else { return Vec::new() };
+    let Some(items) = value.as_array() else {
+        errors.push("routes: expected an array of tables, e.g. [[routes]]".into());
+        return Vec::new();
+    };
+    let mut routes = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let mut s = Section::new(format!("routes[{i}]"), Some(item), errors);
+        let prefix = s.opt_string("prefix");
+        match &prefix {
+            None => s.problem("prefix", "required, e.g. \"/api/\""),
+            Some(p) if !p.starts_with('/') => s.problem("prefix", format!("must start with '/', got {p:?}")),
+            _ => {}
+        }
+        let class_name = s.opt_string("class");
+        let class = match class_name.as_deref().map(|c| (c, Class::parse(c))) {
+            None => {
+                s.problem("class", "required: general | api | data_export | exempt");
+                Class::General
+            }
+            Some((_, Some(c))) => c,
+            Some((c, None)) => {
+                s.problem("class", format!("expected general | api | data_export | exempt, got {c:?}"));
+                Class::General
+            }
+        };
+        let mut methods = Vec::new();
+        for (j, m) in s.strings("methods", &[]).into_iter().enumerate() {
+            match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                Ok(method) => methods.push(method),
+                Err(_) => s.problem(&format!("methods[{j}]"), format!("{m:?} is not an HTTP method")),
+            }
+        }
+        let shadow = s.boolean("shadow", false);
+        let on_error = read_on_error(&mut s, OnError::Local);
+        s.finish();
+        routes.push(RouteConfig { prefix: prefix.unwrap_or_else(|| "/".into()), class, methods, shadow, on_error });
+    }
+    routes
+}
+
+fn read_headers(value: Option<&toml::Value>, errors: &mut Vec<String>) -> HeadersConfig {
+    let mut s = Section::new("headers", value, errors);
+    let rate_limit = s.choice(
+        "rate_limit",
+        RateLimitHeaders::Both,
+        &[
+            ("legacy", RateLimitHeaders::Legacy),
+            ("ietf", RateLimitHeaders::Ietf),
+            ("both", RateLimitHeaders::Both),
+            ("none", RateLimitHeaders::None),
+        ],
+    );
+    let mut remove = Vec::new();
+    for (i, name) in s.strings("remove", &["Server", "X-Powered-By"]).into_iter().enumerate() {
+        match http::HeaderName::from_bytes(name.as_bytes()) {
+            Ok(h) => remove.push(h),
+            Err(_) => s.problem(&format!("remove[{i}]"), format!("{name:?} is not a valid header name")),
+        }
+    }
+    let security_value = s.raw("security");
+    s.finish();
+    let mut sec = Section::new("headers.security", security_value, errors);
+    let header_value = |sec: &mut Section<'_, '_>, key: &'static str, default: &str| {
+        let v = sec.string(key, default);
+        if http::HeaderValue::from_str(&v).is_err() {
+            sec.problem(key, "not a valid header value (control characters or non-ASCII)");
+        }
+        v
+    };
+    let security = SecurityHeaders {
+        enabled: sec.boolean("enabled", true),
+        strict_transport_security: header_value(&mut sec, "strict_transport_security", "max-age=31536000; includeSubDomains; preload"),
+        x_content_type_options: header_value(&mut sec, "x_content_type_options", "nosniff"),
+        x_frame_options: header_value(&mut sec, "x_frame_options", "DENY"),
+        x_xss_protection: header_value(&mut sec, "x_xss_protection", "1; mode=block"),
+        referrer_policy: header_value(&mut sec, "referrer_policy", "strict-origin-when-cross-origin"),
+        permissions_policy: header_value(&mut sec, "permissions_policy", "geolocation=(), microphone=(), camera=(), payment=*, usb=()"),
+        content_security_policy: header_value(
+            &mut sec,
+            "content_security_policy",
+            "default-src 'self'; frame-ancestors 'none'; object-src 'none'; base-uri 'self'; form-action 'self'",
+        ),
+    };
+    sec.finish();
+    HeadersConfig { rate_limit, remove, security }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("50ms"), Some(Duration::from_millis(50)));
+        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1d"), Some(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("1.5s"), None);
+        assert_eq!(parse_duration("s"), None);
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(format_duration(Duration::from_secs(3600)), "1h");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let text = r#"
+            [server]
+            listen = "nope"
+            bogus = 1
+            [tiers.free]
+            requests_per_hour = "a lot"
+            requests_per_day = -7
+            [[tiers.free.limits]]
+            name = "minute"
+            requests = 3
+            window = "500ms"
+            [[routes]]
+            prefix = "api"
+            class = "apis"
+            [identity]
+            jwt_algorithms = ["none"]
+        "#;
+        let errs = Config::parse(text).unwrap_err().0;
+        let expect = [
+            "server.listen: expected an address",
+            "server.bogus: unknown key",
+            "tiers.free.requests_per_hour: expected an integer",
+            "tiers.free.requests_per_day: expected -1",
+            "tiers.free.limits[0].name: \"minute\" is reserved",
+            "tiers.free.limits[0].window: must be at least 1s",
+            "routes[0].prefix: must start with '/'",
+            "routes[0].class: expected general",
+            "identity.jwt_algorithms[0]: \"none\" is never accepted",
+        ];
+        for e in expect {
+            assert!(errs.iter().any(|x| x.starts_with(e)), "missing {e:?} in {errs:#?}");
+        }
+        assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+    }
+
+    #[test]
+    fn repository_config_parses() {
+        let text = include_str!("../config.toml");
+        let config = Config::parse(text).unwrap();
+        assert_eq!(config.tiers.len(), 3);
+        assert_eq!(config.storage.backend, Backend::Memory);
+    }
+}

@@ -1,0 +1,218 @@
+//! Forwarding to the upstream: the pooled client, the upstream request (hop-by-hop headers
+//! stripped, `X-Forwarded-*` appended, `X-Request-Id`, identity headers), the deadline, and the
+//! classification of upstream failures (connect → 502, no headers in time → 504).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::body::RequestBody;
+use crate::headers::{X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID};
+use crate::metrics::UpstreamErrorKind;
+
+pub type UpstreamClient = Client<HttpConnector, RequestBody>;
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// One pooled client for the process (it outlives config snapshots, so connections survive reloads).
+pub fn client() -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    connector.set_keepalive(Some(Duration::from_secs(60)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .build(connector)
+}
+
+/// The upstream failed to give us response headers.
+#[derive(Debug)]
+pub enum ForwardError {
+    Connect,
+    Timeout,
+    /// Anything else: the connection broke, the response was malformed, or our request body failed.
+    Protocol,
+}
+
+impl ForwardError {
+    pub fn kind(&self) -> UpstreamErrorKind {
+        match self {
+            ForwardError::Connect => UpstreamErrorKind::Connect,
+            ForwardError::Timeout => UpstreamErrorKind::Timeout,
+            ForwardError::Protocol => UpstreamErrorKind::Protocol,
+        }
+    }
+}
+
+/// Sends the request; waits at most `timeout` for the response head.
+pub async fn send(client: &UpstreamClient, req: Request<RequestBody>, timeout: Duration) -> Result<Response<Incoming>, ForwardError> {
+    match tokio::time::timeout(timeout, client.request(req)).await {
+        Err(_) => Err(ForwardError::Timeout),
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) if e.is_connect() => Err(ForwardError::Connect),
+        Ok(Err(_)) => Err(ForwardError::Protocol),
+    }
+}
+
+/// Is this an HTTP/1.1 upgrade request (e.g. WebSocket) that should be passed through?
+pub fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && connection_has(req.headers(), "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers, including every header named in `Connection`. When `keep_upgrade`
+/// is set (an upgrade being passed through) `Upgrade` and `Connection: upgrade` survive.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(keep_upgrade && name == header::UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    let upgrade = if keep_upgrade { headers.remove(header::UPGRADE) } else { None };
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if let Some(u) = upgrade {
+        headers.insert(header::UPGRADE, u);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Where the request goes and what it says about the client.
+pub struct Upstream<'a> {
+    pub scheme: &'a Scheme,
+    pub authority: &'a Authority,
+    pub client_ip: std::net::IpAddr,
+    /// Keep the client's `X-Forwarded-Proto` (the peer is a trusted proxy).
+    pub trusted_peer: bool,
+    pub upgrade: bool,
+}
+
+/// Turns the client's request parts into the upstream request's (same method, path, query, body).
+pub fn prepare(parts: &mut http::request::Parts, to: &Upstream<'_>) -> Result<(), http::Error> {
+    // h2 clients carry the host in the URI; the HTTP/1.1 upstream needs a Host header.
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(authority) = parts.uri.authority()
+        && let Ok(v) = HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+    let path = parts.uri.path_and_query().cloned();
+    parts.uri = Uri::builder()
+        .scheme(to.scheme.clone())
+        .authority(to.authority.clone())
+        .path_and_query(path.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")))
+        .build()?;
+    parts.version = Version::HTTP_11;
+
+    strip_hop_by_hop(&mut parts.headers, to.upgrade);
+    append_forwarded_for(&mut parts.headers, to.client_ip);
+    if !(to.trusted_peer && parts.headers.contains_key(&X_FORWARDED_PROTO)) {
+        parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    if !parts.headers.contains_key(&X_REQUEST_ID) {
+        parts.headers.insert(X_REQUEST_ID.clone(), request_id());
+    }
+    Ok(())
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, peer: std::net::IpAddr) {
+    let mut value = String::with_capacity(64);
+    for v in headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()) {
+        if !value.is_empty() {
+            value.push_str(", ");
+        }
+        value.push_str(v);
+    }
+    if !value.is_empty() {
+        value.push_str(", ");
+    }
+    use std::fmt::Write as _;
+    let _ = write!(value, "{peer}");
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+/// A unique request id: a per-process random prefix and a counter, as 32 hex digits.
+fn request_id() -> HeaderValue {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let prefix = *PREFIX.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        h.finish()
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut buf = [0u8; 32];
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, byte) in prefix.to_be_bytes().iter().chain(n.to_be_bytes().iter()).enumerate() {
+        buf[2 * i] = HEX[(byte >> 4) as usize];
+        buf[2 * i + 1] = HEX[(byte & 15) as usize];
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn request_ids_are_unique() {
+        let a = request_id();
+        let b = request_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+    }
+}

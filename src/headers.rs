@@ -1,0 +1,123 @@
+//! Response decoration: security headers and rate-limit headers. The only place either is added.
+//!
+//! Everything that does not depend on the request is built when the snapshot compiles: the
+//! security header values, the `RateLimit-Policy` value per (tier, class), the header names.
+//! Per response only the numbers are formatted.
+
+use http::header::{HeaderName, HeaderValue};
+use http::HeaderMap;
+
+use crate::config::{Environment, HeadersConfig, RateLimitHeaders};
+use crate::limit::{Decision, Plan};
+
+pub static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+pub static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+pub static X_RATELIMIT_WINDOW: HeaderName = HeaderName::from_static("x-ratelimit-window");
+pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static PERMISSIONS_POLICY: HeaderName = HeaderName::from_static("permissions-policy");
+pub static X_XSS_PROTECTION: HeaderName = HeaderName::from_static("x-xss-protection");
+
+/// The window name used in headers for the concurrency cap.
+pub const CONCURRENT: &str = "concurrent";
+
+/// Compiled decoration settings (part of the snapshot).
+pub struct Decorator {
+    security: Vec<(HeaderName, HeaderValue)>,
+    remove: Vec<HeaderName>,
+    legacy: bool,
+    ietf: bool,
+}
+
+impl Decorator {
+    pub fn new(cfg: &HeadersConfig, environment: Environment) -> Decorator {
+        let s = &cfg.security;
+        let mut security = Vec::new();
+        if s.enabled {
+            let dev = environment == Environment::Development;
+            let frame = if dev { "SAMEORIGIN" } else { s.x_frame_options.as_str() };
+            let pairs: [(HeaderName, &str); 7] = [
+                (http::header::STRICT_TRANSPORT_SECURITY, if dev { "" } else { s.strict_transport_security.as_str() }),
+                (http::header::X_CONTENT_TYPE_OPTIONS, s.x_content_type_options.as_str()),
+                (http::header::X_FRAME_OPTIONS, frame),
+                (X_XSS_PROTECTION.clone(), s.x_xss_protection.as_str()),
+                (http::header::REFERRER_POLICY, s.referrer_policy.as_str()),
+                (PERMISSIONS_POLICY.clone(), s.permissions_policy.as_str()),
+                (http::header::CONTENT_SECURITY_POLICY, s.content_security_policy.as_str()),
+            ];
+            for (name, value) in pairs {
+                // Empty means "do not send"; values were checked when the config was read.
+                if let (false, Ok(v)) = (value.is_empty(), HeaderValue::from_str(value)) {
+                    security.push((name, v));
+                }
+            }
+        }
+        let (legacy, ietf) = match cfg.rate_limit {
+            RateLimitHeaders::Legacy => (true, false),
+            RateLimitHeaders::Ietf => (false, true),
+            RateLimitHeaders::Both => (true, true),
+            RateLimitHeaders::None => (false, false),
+        };
+        Decorator { security, remove: cfg.remove.clone(), legacy, ietf }
+    }
+
+    /// Removes the configured names (`Server`, `X-Powered-By`, …) from an upstream response.
+    pub fn strip_upstream(&self, headers: &mut HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+    }
+
+    /// Adds the security headers a response does not already carry (a backend's own value wins).
+    pub fn security(&self, headers: &mut HeaderMap) {
+        for (name, value) in &self.security {
+            if !headers.contains_key(name) {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+    }
+
+    /// The rate-limit headers for the binding window of `decision`.
+    pub fn rate_limit(&self, headers: &mut HeaderMap, plan: &Plan, policy: Option<&HeaderValue>, decision: &Decision) {
+        let Some(b) = decision.binding else { return };
+        let name: &str = match b.window {
+            Some(i) => plan.windows.get(i).map_or(CONCURRENT, |w| &w.name),
+            None => CONCURRENT,
+        };
+        let reset_secs = b.reset_ms.div_ceil(1000);
+        if self.legacy {
+            headers.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(b.limit));
+            headers.insert(X_RATELIMIT_REMAINING.clone(), HeaderValue::from(b.remaining));
+            headers.insert(X_RATELIMIT_RESET.clone(), HeaderValue::from(reset_secs));
+            if let Ok(v) = HeaderValue::from_str(name) {
+                headers.insert(X_RATELIMIT_WINDOW.clone(), v);
+            }
+        }
+        if self.ietf {
+            if let Some(p) = policy {
+                headers.insert(RATELIMIT_POLICY.clone(), p.clone());
+            }
+            let t = b.reset_ms.saturating_sub(decision.now_ms).div_ceil(1000);
+            if let Ok(v) = HeaderValue::from_str(&format!("\"{name}\";r={};t={t}", b.remaining)) {
+                headers.insert(RATELIMIT.clone(), v);
+            }
+        }
+    }
+}
+
+/// `RateLimit-Policy` for a plan: every window that applies, then the concurrency cap.
+pub fn policy_header(plan: &Plan) -> Option<HeaderValue> {
+    let mut parts: Vec<String> =
+        plan.windows.iter().map(|w| format!("\"{}\";q={};w={}", w.name, w.limit, w.window_ms.div_ceil(1000))).collect();
+    if let Some(c) = plan.concurrency {
+        parts.push(format!("\"{CONCURRENT}\";q={c};qu=\"concurrent-requests\""));
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&parts.join(", ")).ok()
+}

@@ -1,0 +1,619 @@
+//! The in-memory store: one process's counters, with the same semantics the Redis store has.
+//!
+//! State lives in a `DashMap<IdentityKey, Arc<Entry>>`; each entry is one identity's windows and
+//! in-flight count behind a small mutex, so a decision over all of an identity's windows is atomic
+//! (all-or-nothing) without a global lock. The fast path is a shard read lock + the entry mutex;
+//! `entry()` (a shard write lock) only runs on a miss. The shard read lock is held for the whole
+//! decision so the sweeper (which takes the write lock) can never evict an entry mid-update.
+//!
+//! Algorithms, per window of length W and limit N:
+//! - `sliding_log`: a bucketed log. Requests are counted in buckets of width w = max(1 ms, W/60);
+//!   every bucket that overlaps (now − W, now] counts. Guarantee: never more than N admitted in any
+//!   rolling window of length W (exact), and room frees at most one bucket (W/60) late. Memory per
+//!   (identity, window): at most 62 buckets, however many requests are made.
+//! - `gcra`: one theoretical arrival time per window; burst N, then one request every W/N. O(1).
+//!   A client may get up to 2N−1 in a W that straddles its burst and the refill.
+//! - `fixed_window`: one counter per calendar-aligned window (UTC minute / hour / day; other lengths
+//!   aligned to the Unix epoch). Up to 2N in a rolling W across a boundary. O(1).
+//!
+//! Idle entries (no live window data, nothing in flight) are dropped by [`LocalLimiter::sweep`],
+//! so memory follows the number of identities seen within the longest window, not all time.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use dashmap::DashMap;
+
+use super::{Algorithm, Binding, Clock, Decision, IdentityKey, MAX_WINDOWS, Plan, WindowSpec};
+
+/// Buckets per window in the sliding log.
+const BUCKETS_PER_WINDOW: u64 = 60;
+
+pub struct LocalLimiter {
+    entries: DashMap<IdentityKey, Arc<Entry>>,
+    clock: Clock,
+}
+
+#[derive(Default)]
+pub struct Entry {
+    state: Mutex<IdentityState>,
+}
+
+impl Entry {
+    fn lock(&self) -> MutexGuard<'_, IdentityState> {
+        // A panic while holding the lock cannot leave the counters half-written in a way that matters
+        // more than refusing service would, so keep going with the data as it is.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[derive(Default)]
+struct IdentityState {
+    windows: Vec<(Arc<str>, Window)>,
+    inflight: u64,
+}
+
+/// A concurrency slot; returned when dropped (response body finished or the client went away).
+#[derive(Debug)]
+pub struct Lease {
+    entry: Arc<Entry>,
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Entry")
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut st = self.entry.lock();
+        st.inflight = st.inflight.saturating_sub(1);
+    }
+}
+
+/// One window's state; the variant follows the plan's algorithm.
+#[derive(Debug)]
+enum Window {
+    Log(SlidingLog),
+    Gcra { window_ms: u64, tat_us: u64 },
+    Fixed { window_ms: u64, start_ms: u64, count: u64 },
+}
+
+#[derive(Debug, Default)]
+struct SlidingLog {
+    window_ms: u64,
+    /// (bucket end ms, count), oldest first.
+    buckets: VecDeque<(u64, u64)>,
+    total: u64,
+}
+
+/// What one window says about admitting one more request now.
+#[derive(Clone, Copy, Debug)]
+struct Check {
+    allowed: bool,
+    /// After admission when allowed; as it stands when refused.
+    remaining: u64,
+    reset_ms: u64,
+    /// When refused: epoch ms at which there is room.
+    retry_at_ms: u64,
+}
+
+impl Window {
+    fn new(algorithm: Algorithm, spec: &WindowSpec) -> Window {
+        match algorithm {
+            Algorithm::SlidingLog => Window::Log(SlidingLog { window_ms: spec.window_ms, ..Default::default() }),
+            Algorithm::Gcra => Window::Gcra { window_ms: spec.window_ms, tat_us: 0 },
+            Algorithm::FixedWindow => Window::Fixed { window_ms: spec.window_ms, start_ms: 0, count: 0 },
+        }
+    }
+
+    fn matches(&self, algorithm: Algorithm) -> bool {
+        matches!(
+            (self, algorithm),
+            (Window::Log(_), Algorithm::SlidingLog) | (Window::Gcra { .. }, Algorithm::Gcra) | (Window::Fixed { .. }, Algorithm::FixedWindow)
+        )
+    }
+
+    fn check(&mut self, now: u64, spec: &WindowSpec) -> Check {
+        let (n, w) = (spec.limit, spec.window_ms.max(1));
+        match self {
+            Window::Log(log) => {
+                log.window_ms = w;
+                log.prune(now);
+                let count = log.total;
+                if count < n {
+                    let reset_ms = log.buckets.front().map_or(bucket_end(now, w), |b| b.0) + w;
+                    return Check { allowed: true, remaining: n - count - 1, reset_ms, retry_at_ms: 0 };
+                }
+                // Room comes back when enough of the oldest buckets have left: count - dropped < n.
+                let need = count + 1 - n;
+                let mut dropped = 0;
+                let mut retry_at_ms = now + w;
+                for &(end, c) in &log.buckets {
+                    dropped += c;
+                    if dropped >= need {
+                        retry_at_ms = end + w;
+                        break;
+                    }
+                }
+                if n == 0 {
+                    retry_at_ms = now + w;
+                }
+                Check { allowed: false, remaining: 0, reset_ms: retry_at_ms, retry_at_ms }
+            }
+            Window::Gcra { window_ms, tat_us } => {
+                *window_ms = w;
+                if n == 0 {
+                    return Check { allowed: false, remaining: 0, reset_ms: now + w, retry_at_ms: now + w };
+                }
+                let now_us = now * 1000;
+                let interval_us = (w * 1000).div_ceil(n);
+                let new_tat = (*tat_us).max(now_us) + interval_us;
+                let horizon = now_us + w * 1000;
+                if new_tat <= horizon {
+                    let remaining = ((horizon - new_tat) / interval_us).min(n - 1);
+                    Check { allowed: true, remaining, reset_ms: new_tat.div_ceil(1000), retry_at_ms: 0 }
+                } else {
+                    let retry_at_ms = (new_tat - w * 1000).div_ceil(1000);
+                    Check { allowed: false, remaining: 0, reset_ms: retry_at_ms, retry_at_ms }
+                }
+            }
+            Window::Fixed { window_ms, start_ms, count } => {
+                *window_ms = w;
+                let start = now - now % w;
+                if *start_ms != start {
+                    *start_ms = start;
+                    *count = 0;
+                }
+                let end = start + w;
+                if *count < n {
+                    Check { allowed: true, remaining: n - *count - 1, reset_ms: end, retry_at_ms: 0 }
+                } else {
+                    Check { allowed: false, remaining: 0, reset_ms: end, retry_at_ms: end }
+                }
+            }
+        }
+    }
+
+    /// Counts one request; only called right after a `check` that allowed it.
+    fn commit(&mut self, now: u64, spec: &WindowSpec) {
+        let w = spec.window_ms.max(1);
+        match self {
+            Window::Log(log) => {
+                let end = bucket_end(now, w);
+                match log.buckets.back_mut() {
+                    Some(last) if last.0 >= end => last.1 += 1,
+                    _ => log.buckets.push_back((end, 1)),
+                }
+                log.total += 1;
+            }
+            Window::Gcra { tat_us, .. } => {
+                let interval_us = (w * 1000).div_ceil(spec.limit.max(1));
+                *tat_us = (*tat_us).max(now * 1000) + interval_us;
+            }
+            Window::Fixed { count, .. } => *count += 1,
+        }
+    }
+
+    /// Holds nothing that could still refuse or describe a request.
+    fn is_idle(&mut self, now: u64) -> bool {
+        match self {
+            Window::Log(log) => {
+                log.prune(now);
+                log.buckets.is_empty()
+            }
+            Window::Gcra { tat_us, .. } => *tat_us <= now * 1000,
+            Window::Fixed { window_ms, start_ms, .. } => *start_ms + *window_ms <= now,
+        }
+    }
+}
+
+fn bucket_end(now: u64, window_ms: u64) -> u64 {
+    let width = (window_ms / BUCKETS_PER_WINDOW).max(1);
+    now - now % width + width
+}
+
+impl SlidingLog {
+    /// Drops buckets that no longer overlap (now − W, now].
+    fn prune(&mut self, now: u64) {
+        let floor = now.saturating_sub(self.window_ms);
+        while let Some(&(end, c)) = self.buckets.front() {
+            if end > floor {
+                break;
+            }
+            self.buckets.pop_front();
+            self.total -= c;
+        }
+    }
+}
+
+impl LocalLimiter {
+    pub fn new(clock: Clock) -> LocalLimiter {
+        LocalLimiter { entries: DashMap::new(), clock }
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Number of identities currently held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn check(&self, key: &IdentityKey, plan: &Plan) -> Decision {
+        let now = self.clock.now_ms();
+        // Fast path: shard read lock. Miss: insert under the write lock, then read again.
+        loop {
+            if let Some(entry) = self.entries.get(key) {
+                return decide(&entry, now, plan);
+            }
+            self.entries.entry(key.clone()).or_default();
+        }
+    }
+
+    /// Drops identities with no live window data and nothing in flight. Returns how many were dropped.
+    pub fn sweep(&self) -> usize {
+        let now = self.clock.now_ms();
+        let before = self.entries.len();
+        self.entries.retain(|_, entry| {
+            let mut st = entry.lock();
+            st.inflight > 0 || !st.windows.iter_mut().all(|(_, w)| w.is_idle(now))
+        });
+        before.saturating_sub(self.entries.len())
+    }
+}
+
+fn decide(entry: &Arc<Entry>, now: u64, plan: &Plan) -> Decision {
+    let mut st = entry.lock();
+    let mut slots = [0usize; MAX_WINDOWS];
+    let mut allowed = true;
+    let mut violated = 0u64;
+    let mut retry_at_ms = 0u64;
+    let mut binding: Option<(Binding, BindingRank)> = None;
+
+    for (i, spec) in plan.windows.iter().take(MAX_WINDOWS).enumerate() {
+        let slot = st.slot(spec, plan.algorithm);
+        slots[i] = slot;
+        let c = st.windows[slot].1.check(now, spec);
+        if !c.allowed {
+            allowed = false;
+            violated |= 1 << i;
+            retry_at_ms = retry_at_ms.max(c.retry_at_ms);
+        }
+        // The binding window: a full one before any open one; then fewest remaining; then shortest.
+        let rank = (!c.allowed, std::cmp::Reverse(c.remaining), std::cmp::Reverse(spec.window_ms));
+        if binding.as_ref().is_none_or(|(_, best)| rank > *best) {
+            let b = Binding { window: Some(i), limit: spec.limit, remaining: c.remaining, reset_ms: c.reset_ms };
+            binding = Some((b, rank));
+        }
+    }
+
+    let mut concurrency_violated = false;
+    if let Some(cap) = plan.concurrency
+        && st.inflight >= cap
+    {
+        concurrency_violated = true;
+        if allowed {
+            // Only the cap refused: it is the binding limit. One second is the honest retry hint:
+            // a slot frees when some response ends, which we cannot predict.
+            let b = Binding { window: None, limit: cap, remaining: 0, reset_ms: now + 1000 };
+            binding = Some((b, (true, std::cmp::Reverse(0), std::cmp::Reverse(0))));
+            retry_at_ms = now + 1000;
+        }
+        allowed = false;
+    }
+
+    let mut lease = None;
+    if allowed {
+        for (i, spec) in plan.windows.iter().take(MAX_WINDOWS).enumerate() {
+            st.windows[slots[i]].1.commit(now, spec);
+        }
+        if plan.concurrency.is_some() {
+            st.inflight += 1;
+            lease = Some(Lease { entry: Arc::clone(entry) });
+        }
+    }
+
+    Decision { now_ms: now, allowed, violated, concurrency_violated, retry_at_ms, binding: binding.map(|(b, _)| b), lease }
+}
+
+/// Orders candidate binding windows: (full, fewer remaining, shorter window); the greatest binds.
+type BindingRank = (bool, std::cmp::Reverse<u64>, std::cmp::Reverse<u64>);
+
+impl IdentityState {
+    /// Index of the state for `spec`'s window, created (or reset, if the algorithm changed) as needed.
+    fn slot(&mut self, spec: &WindowSpec, algorithm: Algorithm) -> usize {
+        let found = self.windows.iter().position(|(name, _)| Arc::ptr_eq(name, &spec.name) || **name == *spec.name);
+        match found {
+            Some(i) => {
+                if !self.windows[i].1.matches(algorithm) {
+                    self.windows[i].1 = Window::new(algorithm, spec);
+                }
+                i
+            }
+            None => {
+                self.windows.push((Arc::clone(&spec.name), Window::new(algorithm, spec)));
+                self.windows.len() - 1
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(algorithm: Algorithm, windows: &[(&str, u64, u64)], concurrency: Option<u64>) -> Plan {
+        Plan {
+            algorithm,
+            windows: windows
+                .iter()
+                .map(|(n, l, w)| WindowSpec { name: Arc::from(*n), limit: *l, window_ms: *w })
+                .collect(),
+            concurrency,
+        }
+    }
+
+    fn user(id: &str) -> IdentityKey {
+        IdentityKey::User(Arc::from(id))
+    }
+
+    const T0: u64 = 1_700_000_000_000;
+
+    #[test]
+    fn sliding_log_admits_n_then_refuses_until_the_window_slides() {
+        let clock = Clock::manual(T0);
+        let lim = LocalLimiter::new(clock.clone());
+        let p = plan(Algorithm::SlidingLog, &[("minute", 3, 60_000)], None);
+        for expect_remaining in [2, 1, 0] {
+            let d = lim.check(&user("a"), &p);
+            assert!(d.allowed);
+            assert_eq!(d.binding.unwrap().remaining, expect_remaining);
+        }
+        let d = lim.check(&user("a"), &p);
+        assert!(!d.allowed);
+        assert_eq!(d.violated, 1);
+        // The first request's bucket (width 1 s) ends at T0 + 1 s; it leaves the window 60 s later.
+        assert_eq!(d.retry_at_ms, T0 + 1_000 + 60_000);
+        assert_eq!(d.retry_after_secs(), 61);
+        clock.advance(60_999);
+        assert!(!lim.check(&user("a"), &p).allowed);
+        clock.advance(1);
+        assert!(lim.check(&user("a"), &p).allowed);
+        // Another identity is untouched.
+        assert!(lim.check(&user("b"), &p).allowed);
+    }
+
+    #[test]
+    fn refusal_consumes_nothing_in_any_window() {
+        let clock = Clock::manual(T0);
+        let lim = LocalLimiter::new(clock.clone());
+        let p = plan(Algorithm::SlidingLog, &[("minute", 2, 60_000), ("hour", 5, 3_600_000)], None);
+        assert!(lim.check(&user("a"), &p).allowed);
+        assert!(lim.check(&user("a"), &p).allowed);
+        for _ in 0..10 {
+            let d = lim.check(&user("a"), &p);
+            assert!(!d.allowed);
+            assert_eq!(d.violated, 0b01);
+        }
+        clock.advance(61_000);
+        let d = lim.check(&user("a"), &p);
+        assert!(d.allowed);
+        // hour saw exactly 3 admissions (the refusals did not count), minute 1 of 2.
+        let b = d.binding.unwrap();
+        assert_eq!((b.window, b.remaining), (Some(0), 1));
+        let d = lim.check(&user("a"), &p);
+        assert_eq!(d.binding.unwrap().remaining, 0);
+        assert!(d.allowed);
+        clock.advance(61_000);
+        // minute has room again; hour has 5 - 4 = 1 left.
+        let d = lim.check(&user("a"), &p);
+        assert!(d.allowed);
+        let b = d.binding.unwrap();
+        assert_eq!((b.window, b.remaining), (Some(1), 0));
+        clock.advance(61_000);
+        let d = lim.check(&user("a"), &p);
+        assert!(!d.allowed);
+        assert_eq!(d.violated, 0b10);
+    }
+
+    #[test]
+    fn binding_is_fewest_remaining_then_shortest() {
+        let lim = LocalLimiter::new(Clock::manual(T0));
+        let p = plan(Algorithm::SlidingLog, &[("hour", 10, 3_600_000), ("minute", 10, 60_000), ("burst", 4, 10_000)], None);
+        let b = lim.check(&user("a"), &p).binding.unwrap();
+        assert_eq!((b.window, b.remaining), (Some(2), 3));
+        let p = plan(Algorithm::SlidingLog, &[("hour", 10, 3_600_000), ("minute", 10, 60_000)], None);
+        let b = lim.check(&user("b"), &p).binding.unwrap();
+        assert_eq!((b.window, b.remaining), (Some(1), 9), "tie goes to the shorter window");
+    }
+
+    #[test]
+    fn zero_admits_nothing() {
+        let lim = LocalLimiter::new(Clock::manual(T0));
+        let p = plan(Algorithm::SlidingLog, &[("export_day", 0, 86_400_000)], None);
+        let d = lim.check(&user("a"), &p);
+        assert!(!d.allowed);
+        assert!(d.retry_after_secs() >= 1);
+        let p = plan(Algorithm::SlidingLog, &[], Some(0));
+        assert!(!lim.check(&user("a"), &p).allowed);
+    }
+
+    #[test]
+    fn concurrency_slots_are_held_by_leases() {
+        let lim = LocalLimiter::new(Clock::manual(T0));
+        let p = plan(Algorithm::SlidingLog, &[("minute", 100, 60_000)], Some(2));
+        let a = lim.check(&user("a"), &p);
+        let b = lim.check(&user("a"), &p);
+        assert!(a.allowed && b.allowed);
+        let c = lim.check(&user("a"), &p);
+        assert!(!c.allowed && c.concurrency_violated && c.violated == 0);
+        assert_eq!(c.binding.unwrap().window, None);
+        assert!(c.lease.is_none());
+        drop(a);
+        let d = lim.check(&user("a"), &p);
+        assert!(d.allowed);
+        // The refused request consumed no rate budget: 3 admitted of 100.
+        assert_eq!(d.binding.unwrap().remaining, 97);
+    }
+
+    #[test]
+    fn a_rate_refusal_takes_no_slot_and_a_slot_refusal_takes_no_rate() {
+        let clock = Clock::manual(T0);
+        let lim = LocalLimiter::new(clock.clone());
+        let p = plan(Algorithm::SlidingLog, &[("minute", 1, 60_000)], Some(1));
+        let held = lim.check(&user("a"), &p);
+        assert!(held.allowed);
+        drop(held);
+        let refused = lim.check(&user("a"), &p);
+        assert!(!refused.allowed && !refused.concurrency_violated);
+        clock.advance(62_000);
+        let d = lim.check(&user("a"), &p);
+        assert!(d.allowed, "the refused request must not have kept the slot");
+    }
+
+    #[test]
+    fn sweep_evicts_idle_identities_only() {
+        let clock = Clock::manual(T0);
+        let lim = LocalLimiter::new(clock.clone());
+        let p = plan(Algorithm::SlidingLog, &[("burst", 5, 2_000)], Some(5));
+        let held = lim.check(&user("holder"), &p);
+        for i in 0..1000 {
+            let _ = lim.check(&user(&format!("u{i}")), &p);
+        }
+        assert_eq!(lim.len(), 1001);
+        assert_eq!(lim.sweep(), 0);
+        clock.advance(2_100);
+        assert_eq!(lim.sweep(), 1000);
+        assert_eq!(lim.len(), 1, "the identity with a request in flight stays");
+        drop(held);
+        assert_eq!(lim.sweep(), 1);
+        assert!(lim.is_empty());
+    }
+
+    #[test]
+    fn gcra_bursts_n_then_refills_smoothly() {
+        let clock = Clock::manual(T0);
+        let lim = LocalLimiter::new(clock.clone());
+        let p = plan(Algorithm::Gcra, &[("minute", 6, 60_000)], None);
+        for _ in 0..6 {
+            assert!(lim.check(&user("a"), &p).allowed);
+        }
+        let d = lim.check(&user("a"), &p);
+        assert!(!d.allowed);
+        assert_eq!(d.retry_at_ms, T0 + 10_000, "one request frees every W/N");
+        clock.advance(10_000);
+        assert!(lim.check(&user("a"), &p).allowed);
+        assert!(!lim.check(&user("a"), &p).allowed);
+    }
+
+    #[test]
+    fn fixed_window_resets_on_calendar_boundaries() {
+        let start = 1_700_000_080_000; // 20 s before a minute boundary
+        let clock = Clock::manual(start);
+        let lim = LocalLimiter::new(clock.clone());
+        let p = plan(Algorithm::FixedWindow, &[("minute", 2, 60_000)], None);
+        assert!(lim.check(&user("a"), &p).allowed);
+        assert!(lim.check(&user("a"), &p).allowed);
+        let d = lim.check(&user("a"), &p);
+        assert!(!d.allowed);
+        assert_eq!(d.retry_at_ms % 60_000, 0);
+        assert_eq!(d.retry_at_ms, 1_700_000_100_000);
+        clock.advance(20_000);
+        assert!(lim.check(&user("a"), &p).allowed);
+    }
+
+    #[test]
+    fn raised_limit_applies_to_the_count_already_in_the_window() {
+        let lim = LocalLimiter::new(Clock::manual(T0));
+        let small = plan(Algorithm::SlidingLog, &[("minute", 2, 60_000)], None);
+        assert!(lim.check(&user("a"), &small).allowed);
+        assert!(lim.check(&user("a"), &small).allowed);
+        assert!(!lim.check(&user("a"), &small).allowed);
+        // A reload compiles a new plan with new Arcs; the window is found by name.
+        let big = plan(Algorithm::SlidingLog, &[("minute", 3, 60_000)], None);
+        let d = lim.check(&user("a"), &big);
+        assert!(d.allowed);
+        assert_eq!(d.binding.unwrap().remaining, 0);
+        assert!(!lim.check(&user("a"), &big).allowed);
+    }
+
+    /// A small deterministic generator, so failures reproduce from the printed seed.
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    /// The sliding log against a brute-force exact log over random traffic and several windows:
+    /// it never admits more than N in any rolling window (safety), and it refuses only when the
+    /// exact log, widened by one bucket, is full (liveness: room frees at most one bucket late).
+    #[test]
+    fn sliding_log_matches_brute_force_reference() {
+        for seed in 1..=40u64 {
+            let mut rng = XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+            let clock = Clock::manual(T0 + rng.next() % 100_000);
+            let lim = LocalLimiter::new(clock.clone());
+            let w_short = 1_000 + rng.next() % 5_000;
+            let w_long = w_short * (2 + rng.next() % 5);
+            let (n_short, n_long) = (1 + rng.next() % 8, 1 + rng.next() % 20);
+            let p = plan(Algorithm::SlidingLog, &[("short", n_short, w_short), ("long", n_long, w_long)], None);
+            let mut admitted: Vec<u64> = Vec::new();
+            for _ in 0..3_000 {
+                clock.advance(rng.next() % (w_short / 4));
+                let now = clock.now_ms();
+                let d = lim.check(&user("x"), &p);
+                let in_window = |log: &[u64], w: u64| log.iter().filter(|&&t| t + w > now).count() as u64;
+                let widened = |log: &[u64], w: u64| {
+                    let width = (w / BUCKETS_PER_WINDOW).max(1);
+                    log.iter().filter(|&&t| t + w + width > now).count() as u64
+                };
+                if d.allowed {
+                    admitted.push(now);
+                    assert!(in_window(&admitted, w_short) <= n_short, "seed {seed}: short window over its limit");
+                    assert!(in_window(&admitted, w_long) <= n_long, "seed {seed}: long window over its limit");
+                } else {
+                    assert!(
+                        widened(&admitted, w_short) >= n_short || widened(&admitted, w_long) >= n_long,
+                        "seed {seed}: refused at {now} with room in both windows"
+                    );
+                    assert!(d.retry_at_ms > now);
+                }
+            }
+            assert!(admitted.len() > 10, "seed {seed}: the test should exercise admissions");
+        }
+    }
+
+    #[test]
+    fn retry_at_is_exactly_when_room_returns() {
+        for seed in 1..=20u64 {
+            let mut rng = XorShift(seed * 7919);
+            let clock = Clock::manual(T0);
+            let lim = LocalLimiter::new(clock.clone());
+            let p = plan(Algorithm::SlidingLog, &[("w", 1 + rng.next() % 5, 2_000 + rng.next() % 3_000)], None);
+            for _ in 0..500 {
+                clock.advance(rng.next() % 300);
+                let d = lim.check(&user("x"), &p);
+                if !d.allowed {
+                    let retry = d.retry_at_ms;
+                    // One ms before: still refused. At retry: admitted.
+                    let back = clock.now_ms();
+                    clock.advance(retry - back - 1);
+                    assert!(!lim.check(&user("x"), &p).allowed, "seed {seed}: room before retry_at");
+                    clock.advance(1);
+                    assert!(lim.check(&user("x"), &p).allowed, "seed {seed}: no room at retry_at");
+                }
+            }
+        }
+    }
+}

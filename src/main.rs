@@ -1,0 +1,198 @@
+//! The `tiergate` process: command line, config loaded and validated before any port is bound
+//! (exit 64 on a bad config), logging, the runtime, and signals.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tiergate::config::{Config, parse_duration};
+use tiergate::snapshot::{Secrets, Snapshot};
+
+/// EX_USAGE / EX_CONFIG style exit code for a configuration that cannot be used.
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "tiergate", version, about = "Tier-aware rate-limiting reverse proxy sidecar")]
+struct Cli {
+    /// Config file. Default: $TIERGATE_CONFIG, then ./config.toml
+    #[arg(long, global = true, env = "TIERGATE_CONFIG", default_value = "config.toml")]
+    config: PathBuf,
+    /// Tokio worker threads (default: the CPUs this process may use).
+    #[arg(long, global = true)]
+    workers: Option<usize>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default).
+    Run,
+    /// Validate the config and print the effective tiers and limits.
+    Check,
+    /// Print an HS256 token signed with the configured secret.
+    Token {
+        #[arg(long)]
+        sub: String,
+        #[arg(long)]
+        tier: String,
+        /// Lifetime, e.g. 1h, 30m, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Read the secret from this environment variable instead of identity.jwt_secret_env.
+        #[arg(long)]
+        secret_env: Option<String>,
+    },
+    /// tiergate in front of a built-in echo upstream, with tokens and curl lines to try.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin_listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Run);
+    match command {
+        Command::Check => check(&cli.config),
+        Command::Token { sub, tier, ttl, secret_env } => token(&cli.config, &sub, &tier, &ttl, secret_env.as_deref()),
+        Command::Run => {
+            // Config first: nothing is bound, started or logged before it is known to be good.
+            let snapshot = match load(&cli.config) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            init_logging("info");
+            runtime(cli.workers).map_or(ExitCode::FAILURE, |rt| rt.block_on(run(snapshot)))
+        }
+        Command::Demo { listen, admin_listen } => {
+            init_logging("warn");
+            let Some(rt) = runtime(cli.workers) else { return ExitCode::FAILURE };
+            match rt.block_on(tiergate::demo::run(tiergate::demo::DemoOptions { listen, admin_listen })) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tiergate demo: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<Snapshot, ExitCode> {
+    let problems = |errs: tiergate::config::ConfigErrors| {
+        eprintln!("{}: {} problem(s):", path.display(), errs.0.len());
+        for e in &errs.0 {
+            eprintln!("  {e}");
+        }
+        ExitCode::from(EXIT_CONFIG)
+    };
+    let config = Config::load(path).map_err(problems)?;
+    Snapshot::compile(config, &Secrets::from_env()).map_err(problems)
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match load(path) {
+        Ok(snapshot) => {
+            println!("{}: ok\n", path.display());
+            print!("{}", snapshot.describe());
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn token(path: &std::path::Path, sub: &str, tier: &str, ttl: &str, secret_env: Option<&str>) -> ExitCode {
+    let Some(ttl) = parse_duration(ttl).filter(|d| *d >= Duration::from_secs(1)) else {
+        eprintln!("--ttl: expected a duration like 1h, 30m, 7d, got {ttl:?}");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    // The config names the secret's variable, issuer and audience; without a config file, defaults.
+    let config = if path.exists() {
+        match Config::load(path) {
+            Ok(c) => Some(c),
+            Err(errs) => {
+                eprintln!("{}: {errs}", path.display());
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(c) = &config
+        && !c.tiers.iter().any(|t| t.name == tier)
+    {
+        let names: Vec<&str> = c.tiers.iter().map(|t| t.name.as_str()).collect();
+        eprintln!("--tier: {tier:?} is not a tier in {} (tiers: {})", path.display(), names.join(", "));
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let env_name = secret_env.map(str::to_string).or_else(|| config.as_ref().map(|c| c.identity.jwt_secret_env.clone()));
+    let env_name = env_name.unwrap_or_else(|| "JWT_SECRET_KEY".into());
+    let Some(secret) = std::env::var(&env_name).ok().filter(|s| !s.is_empty()) else {
+        eprintln!("environment variable {env_name} is not set: export the HMAC secret tiergate verifies tokens with");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let issuer = config.as_ref().and_then(|c| c.identity.issuer.as_deref());
+    let audience = config.as_ref().and_then(|c| c.identity.audience.as_deref());
+    match tiergate::identity::mint_hs256(secret.as_bytes(), sub, tier, ttl, issuer, audience) {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot sign the token: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime(workers: Option<usize>) -> Option<tokio::runtime::Runtime> {
+    // Explicit: tokio would otherwise follow the host's cores, not the container's CPU allowance.
+    let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    match tokio::runtime::Builder::new_multi_thread().worker_threads(workers.max(1)).enable_all().build() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            None
+        }
+    }
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).with_current_span(false).init();
+}
+
+async fn run(snapshot: Snapshot) -> ExitCode {
+    let server = match tiergate::server::start(snapshot).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("tiergate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let signal = wait_for_signal().await;
+    tracing::info!(signal, "draining");
+    server.shutdown().await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers there is nothing to wait for but Ctrl-C.
+        let _ = tokio::signal::ctrl_c().await;
+        return "SIGINT";
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

@@ -1,0 +1,250 @@
+//! The one hyper service. [`Proxy::handle`] shows a request's whole life, stage after stage:
+//!
+//! ```text
+//! load snapshot → framing → classify → identify → upload cap → limit → forward → decorate → record
+//! ```
+//!
+//! Each stage returns a typed value or a [`ProxyError`]; the service itself never fails (a hyper
+//! service error would abort the connection), errors become responses in `error.rs`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderMap};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use crate::body::{Guards, InflightGuard, ProxyBody, RequestBody};
+use crate::config::Class;
+use crate::error::ProxyError;
+use crate::forward::{self, ForwardError, Upstream, UpstreamClient};
+use crate::identity::Identity;
+use crate::limit::{Decision, Limiter};
+use crate::metrics::Outcome;
+use crate::server::ConnActivity;
+use crate::snapshot::Snapshot;
+
+/// Everything a request needs that outlives one config snapshot.
+pub struct Proxy {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub limiter: Limiter,
+    pub client: UpstreamClient,
+    /// False once draining has begun (`/readyz` → 503).
+    pub ready: AtomicBool,
+}
+
+/// One accepted connection, as requests on it see it.
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub activity: Arc<ConnActivity>,
+}
+
+/// What the lifecycle learned, for decoration and the metrics/log record.
+struct Ctx {
+    tier: Option<usize>,
+    class: Class,
+    outcome: Outcome,
+    /// The limit decision, for the rate-limit headers (its lease has moved into the body).
+    decision: Option<Decision>,
+}
+
+impl Proxy {
+    pub async fn handle(self: Arc<Self>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+        let started = Instant::now();
+        let snap = self.snapshot.load_full();
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let inflight = InflightGuard::new(&snap.metrics.inflight, &conn.activity);
+        let mut ctx = Ctx { tier: None, class: Class::General, outcome: Outcome::Allowed, decision: None };
+
+        let mut resp = match self.lifecycle(&snap, &conn, req, &mut ctx, inflight).await {
+            Ok(resp) => resp,
+            Err(err) => {
+                if let Some(outcome) = err.outcome() {
+                    ctx.outcome = outcome;
+                }
+                err.response()
+            }
+        };
+
+        // Decorate: every response, errors included.
+        snap.decorator.security(resp.headers_mut());
+        if let (Some(tier), Some(decision)) = (ctx.tier, &ctx.decision) {
+            let (plan, policy) = snap.tiers[tier].plan(ctx.class);
+            snap.decorator.rate_limit(resp.headers_mut(), plan, policy, decision);
+        }
+
+        // Record.
+        let elapsed = started.elapsed().as_secs_f64();
+        snap.metrics.record(ctx.tier, ctx.class, ctx.outcome, elapsed);
+        let tier = ctx.tier.map_or(crate::metrics::NO_TIER, |t| &snap.tiers[t].name);
+        let status = resp.status().as_u16();
+        if matches!(ctx.outcome, Outcome::Limited | Outcome::ShadowLimited | Outcome::TooLarge | Outcome::Unauthorized) {
+            tracing::info!(%method, path, status, tier, class = ctx.class.as_str(), decision = ctx.outcome.as_str(), peer = %conn.peer, "request refused");
+        } else {
+            tracing::debug!(%method, path, status, tier, class = ctx.class.as_str(), decision = ctx.outcome.as_str(), seconds = elapsed, "request");
+        }
+        Ok(resp)
+    }
+
+    async fn lifecycle(
+        &self,
+        snap: &Snapshot,
+        conn: &ConnInfo,
+        req: Request<Incoming>,
+        ctx: &mut Ctx,
+        inflight: InflightGuard,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        // 1. Framing that hyper lets through but a proxy must not (request smuggling).
+        check_framing(req.headers())?;
+        let upgrade = forward::is_upgrade(&req);
+        let (mut parts, body) = req.into_parts();
+        let client_upgrade = parts.extensions.remove::<OnUpgrade>();
+
+        // 2. Classify. Client-sent identity headers never reach the upstream, on any route.
+        let route = snap.routes.classify(&parts.method, parts.uri.path());
+        ctx.class = route.class;
+        parts.headers.remove(&snap.user_id_header);
+        parts.headers.remove(&snap.tier_header);
+
+        let mut lease = None;
+        let mut body = RequestBody::new(body);
+        let exceeded = Arc::new(AtomicBool::new(false));
+        if route.class == Class::Exempt {
+            ctx.outcome = Outcome::Exempt;
+        } else {
+            // 3. Identify.
+            let identity: Identity = snap.identity.identify(&parts.headers, conn.peer).map_err(|_| ProxyError::Unauthorized)?;
+            let tier = &snap.tiers[identity.tier];
+            ctx.tier = Some(identity.tier);
+
+            // 4. Upload cap: from the headers alone when declared, else by counting the stream.
+            if let Some(cap) = tier.upload_cap {
+                match content_length(&parts.headers) {
+                    Some(len) if len > cap => return Err(ProxyError::TooLarge { tier: tier.name.clone(), limit_bytes: cap }),
+                    Some(_) => {}
+                    None => body = body.with_cap(cap, Arc::clone(&exceeded)),
+                }
+            }
+
+            // 5. Limit. A fully unlimited plan makes no store call at all.
+            let (plan, _) = tier.plan(route.class);
+            if !plan.is_unlimited() {
+                let t = Instant::now();
+                let mut decision = self.limiter.check(&identity.key, plan);
+                snap.metrics.storage_duration.record(t.elapsed().as_secs_f64());
+                lease = decision.lease.take();
+                if !decision.allowed {
+                    let violated = violated_names(plan, &decision);
+                    let retry_after = decision.retry_after_secs();
+                    ctx.decision = Some(decision);
+                    if !route.shadow {
+                        return Err(ProxyError::Limited { tier: tier.name.clone(), violated, retry_after });
+                    }
+                    ctx.outcome = Outcome::ShadowLimited;
+                    tracing::info!(tier = &*tier.name, class = route.class.as_str(), violated = ?violated, "shadow route over its limit; forwarded");
+                } else {
+                    ctx.decision = Some(decision);
+                }
+            }
+            if let Some(user) = &identity.user_header {
+                parts.headers.insert(snap.user_id_header.clone(), user.clone());
+            }
+            parts.headers.insert(snap.tier_header.clone(), tier.header.clone());
+        }
+
+        // 6. Forward.
+        let peer_ip = conn.peer.ip().to_canonical();
+        let target = Upstream {
+            scheme: &snap.upstream_scheme,
+            authority: &snap.upstream_authority,
+            client_ip: peer_ip,
+            trusted_peer: snap.identity.trusted_proxies.iter().any(|n| n.contains(&peer_ip)),
+            upgrade,
+        };
+        forward::prepare(&mut parts, &target).map_err(|_| ProxyError::BadRequest("The request target cannot be forwarded."))?;
+        let upstream_started = Instant::now();
+        let sent = forward::send(&self.client, Request::from_parts(parts, body), snap.config.server.upstream_timeout).await;
+        snap.metrics.upstream_duration.record(upstream_started.elapsed().as_secs_f64());
+        let mut resp = match sent {
+            Ok(resp) => resp,
+            Err(e) => {
+                if exceeded.load(Ordering::Acquire) {
+                    let tier = ctx.tier.map(|t| snap.tiers[t].name.clone()).unwrap_or_else(|| Arc::from("none"));
+                    ctx.outcome = Outcome::TooLarge;
+                    let limit_bytes = ctx.tier.and_then(|t| snap.tiers[t].upload_cap).unwrap_or(0);
+                    return Err(ProxyError::TooLarge { tier, limit_bytes });
+                }
+                snap.metrics.upstream_error(e.kind());
+                tracing::warn!(error = ?e, upstream = %snap.upstream_authority, "upstream request failed");
+                return Err(match e {
+                    ForwardError::Timeout => ProxyError::GatewayTimeout,
+                    ForwardError::Connect | ForwardError::Protocol => ProxyError::BadGateway,
+                });
+            }
+        };
+
+        // 7. The upstream's answer, cleaned; the guards ride with its body (or the tunnel).
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade;
+        forward::strip_hop_by_hop(resp.headers_mut(), switching);
+        snap.decorator.strip_upstream(resp.headers_mut());
+        let guards = Guards { inflight, lease };
+        if switching {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            if let Some(client_upgrade) = client_upgrade {
+                tokio::spawn(tunnel(client_upgrade, upstream_upgrade, guards));
+            }
+            let (parts, _) = resp.into_parts();
+            return Ok(Response::from_parts(parts, ProxyBody::empty()));
+        }
+        let (parts, body) = resp.into_parts();
+        let mut body = ProxyBody::upstream(body);
+        body.hold(guards);
+        Ok(Response::from_parts(parts, body))
+    }
+}
+
+/// Copies bytes both ways between an upgraded client and upstream connection until either closes.
+async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, guards: Guards) {
+    let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else { return };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(error = %e, "upgraded connection ended");
+    }
+    drop(guards);
+}
+
+/// RFC 9112 §6.1: a request with both `Content-Length` and `Transfer-Encoding` is refused (and the
+/// connection closed); so are conflicting `Content-Length` values.
+fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
+    if headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH) {
+        return Err(ProxyError::BadRequest("Content-Length and Transfer-Encoding together are not allowed."));
+    }
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    if let Some(first) = lengths.next()
+        && lengths.any(|v| v != first)
+    {
+        return Err(ProxyError::BadRequest("Conflicting Content-Length values."));
+    }
+    Ok(())
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+fn violated_names(plan: &crate::limit::Plan, d: &Decision) -> Vec<Arc<str>> {
+    let mut names: Vec<Arc<str>> =
+        plan.windows.iter().enumerate().filter(|(i, _)| d.violated & (1 << i) != 0).map(|(_, w)| w.name.clone()).collect();
+    if d.concurrency_violated {
+        names.push(Arc::from(crate::headers::CONCURRENT));
+    }
+    names
+}

@@ -1,0 +1,232 @@
+//! Listeners and connections: bind (before anything else runs), accept, serve each connection with
+//! hyper-util's auto builder (HTTP/1.1 and h2c on one port), enforce the header-read and idle
+//! timeouts, and drain on shutdown within `shutdown_grace`.
+//!
+//! Timeouts: HTTP/1.1 uses hyper's header-read timer, which hyper starts whenever it waits for a
+//! request head, so an idle HTTP/1.1 keep-alive connection closes after
+//! min(`idle_timeout`, `header_read_timeout`). `idle_timeout` is enforced here for both protocols
+//! by a per-connection watchdog that closes the connection gracefully once no request has been in
+//! flight for that long.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::limit::{Clock, Limiter, LocalLimiter};
+use crate::proxy::{ConnInfo, Proxy};
+use crate::snapshot::Snapshot;
+
+/// How often idle limiter state is dropped.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// A listener could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({key}): {source}")]
+pub struct BindError {
+    pub key: &'static str,
+    pub addr: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Per-connection activity, for the idle timeout.
+pub struct ConnActivity {
+    born: Instant,
+    active: AtomicUsize,
+    /// Milliseconds after `born` at which the last request finished.
+    last_ms: AtomicU64,
+}
+
+impl ConnActivity {
+    fn new() -> ConnActivity {
+        ConnActivity { born: Instant::now(), active: AtomicUsize::new(0), last_ms: AtomicU64::new(0) }
+    }
+
+    pub fn begin(&self) {
+        self.active.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn end(&self) {
+        self.last_ms.store(self.born.elapsed().as_millis() as u64, Ordering::Release);
+        self.active.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// When the connection becomes idle-expired if nothing happens; `None`: a request is in flight.
+    fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
+        if self.active.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(self.born + Duration::from_millis(self.last_ms.load(Ordering::Acquire)) + idle)
+    }
+}
+
+/// A running tiergate: its addresses, and the handle to stop it.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub proxy: Arc<Proxy>,
+    shutdown: CancellationToken,
+    /// The admin listener outlives the drain: it stops when the `Server` is dropped (process exit).
+    admin_stop: CancellationToken,
+    connections: TaskTracker,
+    tasks: TaskTracker,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        self.admin_stop.cancel();
+    }
+}
+
+/// Binds both listeners and starts serving `snapshot` with a fresh in-memory store.
+pub async fn start(snapshot: Snapshot) -> Result<Server, BindError> {
+    start_with_clock(snapshot, Clock::System).await
+}
+
+pub async fn start_with_clock(snapshot: Snapshot, clock: Clock) -> Result<Server, BindError> {
+    let listen = snapshot.config.server.listen;
+    let admin_listen = snapshot.config.server.admin_listen;
+    let listener = TcpListener::bind(listen).await.map_err(|source| BindError { key: "server.listen", addr: listen, source })?;
+    let admin = TcpListener::bind(admin_listen)
+        .await
+        .map_err(|source| BindError { key: "server.admin_listen", addr: admin_listen, source })?;
+    let addr = listener.local_addr().map_err(|source| BindError { key: "server.listen", addr: listen, source })?;
+    let admin_addr = admin.local_addr().map_err(|source| BindError { key: "server.admin_listen", addr: admin_listen, source })?;
+
+    let handle = crate::metrics::install();
+    let proxy = Arc::new(Proxy {
+        snapshot: ArcSwap::from_pointee(snapshot),
+        limiter: Limiter::Memory(LocalLimiter::new(clock)),
+        client: crate::forward::client(),
+        ready: std::sync::atomic::AtomicBool::new(true),
+    });
+    let shutdown = CancellationToken::new();
+    let connections = TaskTracker::new();
+    let tasks = TaskTracker::new();
+
+    tasks.spawn(accept_loop(listener, Arc::clone(&proxy), shutdown.clone(), connections.clone()));
+    let admin_stop = CancellationToken::new();
+    tokio::spawn(crate::admin::serve(admin, Arc::clone(&proxy), handle, admin_stop.clone()));
+    let sweeper = Arc::clone(&proxy);
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {
+                    let dropped = sweeper.limiter.sweep();
+                    if dropped > 0 {
+                        tracing::debug!(dropped, "idle limiter state dropped");
+                    }
+                }
+            }
+        }
+    });
+    tracing::info!(%addr, %admin_addr, "tiergate listening");
+    Ok(Server { addr, admin_addr, proxy, shutdown, admin_stop, connections, tasks })
+}
+
+impl Server {
+    /// Stops accepting, lets in-flight requests finish within the configured `shutdown_grace`.
+    pub async fn shutdown(&self) {
+        let grace = self.proxy.snapshot.load().config.server.shutdown_grace;
+        self.drain(grace).await;
+    }
+
+    /// Stops accepting at once (`/readyz` → 503), closes idle connections, waits up to `grace` for
+    /// in-flight requests; returns whether everything finished in time.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        self.proxy.ready.store(false, Ordering::Release);
+        self.shutdown.cancel();
+        self.connections.close();
+        self.tasks.close();
+        let drained = tokio::time::timeout(grace, self.connections.wait()).await.is_ok();
+        if !drained {
+            tracing::warn!(?grace, "shutdown grace elapsed with requests still in flight");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.tasks.wait()).await;
+        drained
+    }
+}
+
+async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, shutdown: CancellationToken, connections: TaskTracker) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                connections.spawn(serve_connection(stream, peer, Arc::clone(&proxy), shutdown.clone()));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, shutdown: CancellationToken) {
+    let _ = stream.set_nodelay(true);
+    let (header_read_timeout, idle_timeout, max_header_bytes) = {
+        let snap = proxy.snapshot.load();
+        let s = &snap.config.server;
+        (s.header_read_timeout, s.idle_timeout, s.max_header_bytes)
+    };
+    let activity = Arc::new(ConnActivity::new());
+    let info = Arc::new(ConnInfo { peer, activity: Arc::clone(&activity) });
+    let service = service_fn(move |req| Arc::clone(&proxy).handle(Arc::clone(&info), req));
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .max_buf_size(max_header_bytes)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(max_header_bytes as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+
+    let mut closing = false;
+    loop {
+        let idle_at = activity.idle_deadline(idle_timeout).unwrap_or_else(|| Instant::now() + idle_timeout);
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, %peer, "connection ended with an error");
+                }
+                break;
+            }
+            _ = shutdown.cancelled(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = tokio::time::sleep_until(idle_at), if !closing => {
+                if activity.idle_deadline(idle_timeout).is_some_and(|at| at <= Instant::now()) {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
+}

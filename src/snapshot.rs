@@ -1,0 +1,353 @@
+//! [`Snapshot::compile`]: a validated [`Config`] → the immutable, precomputed form requests read.
+//!
+//! The only reader of `Config`. It resolves what needs the outside world (the HMAC secret from the
+//! environment, key files) and everything that would otherwise be worked out per request: the route
+//! table, JWT keys and validations, per-tier × class limit plans and their `RateLimit-Policy`
+//! values, security header values, metric handles. A snapshot is published whole (`ArcSwap`) and
+//! each request loads it once.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use http::uri::{Authority, Scheme};
+use http::{HeaderName, HeaderValue};
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+
+use crate::config::{Algorithm as LimitAlgorithm, Class, Config, ConfigErrors, TierConfig, format_duration};
+use crate::headers::{Decorator, policy_header};
+use crate::identity::{Verifier, VerifyKey};
+use crate::limit::{Plan, WindowSpec};
+use crate::metrics::Handles;
+use crate::route::{Route, RouteTable};
+
+const MIB: u64 = 1_048_576;
+
+/// Where secrets come from: the process environment, with overrides for embedding (demo, tests)
+/// so nothing has to mutate the environment of a running process.
+#[derive(Clone, Debug, Default)]
+pub struct Secrets {
+    overrides: HashMap<String, String>,
+}
+
+impl Secrets {
+    pub fn from_env() -> Secrets {
+        Secrets::default()
+    }
+
+    pub fn with(mut self, name: &str, value: &str) -> Secrets {
+        self.overrides.insert(name.to_string(), value.to_string());
+        self
+    }
+
+    pub fn get(&self, name: &str) -> Option<String> {
+        self.overrides.get(name).cloned().or_else(|| std::env::var(name).ok())
+    }
+}
+
+/// One tier, compiled.
+pub struct Tier {
+    pub name: Arc<str>,
+    /// The tier name as the value of `tier_header`.
+    pub header: HeaderValue,
+    /// Indexed by `Class as usize` for general, api, data_export.
+    pub plans: [Plan; 3],
+    pub policies: [Option<HeaderValue>; 3],
+    /// `file_upload_size_mb` in bytes; `None`: no cap.
+    pub upload_cap: Option<u64>,
+}
+
+impl Tier {
+    /// The plan and its policy header for a limited class (`exempt` never reaches here).
+    pub fn plan(&self, class: Class) -> (&Plan, Option<&HeaderValue>) {
+        let i = (class as usize).min(2);
+        (&self.plans[i], self.policies[i].as_ref())
+    }
+}
+
+pub struct Snapshot {
+    pub config: Config,
+    pub upstream_scheme: Scheme,
+    pub upstream_authority: Authority,
+    pub routes: RouteTable,
+    pub identity: Verifier,
+    pub tiers: Vec<Tier>,
+    pub decorator: Decorator,
+    pub metrics: Handles,
+    pub user_id_header: HeaderName,
+    pub tier_header: HeaderName,
+}
+
+impl Snapshot {
+    /// Compiles a config; reports every problem that needs the outside world, each naming its key.
+    pub fn compile(config: Config, secrets: &Secrets) -> Result<Snapshot, ConfigErrors> {
+        let mut errors = Vec::new();
+
+        let tiers: Vec<Tier> = config.tiers.iter().map(|t| compile_tier(t, config.storage.algorithm)).collect();
+        let tier_index: HashMap<String, usize> = tiers.iter().enumerate().map(|(i, t)| (t.name.to_string(), i)).collect();
+        let index_of = |name: &str| tier_index.get(name).copied().unwrap_or(0);
+
+        let keys = compile_keys(&config, secrets, &mut errors);
+        let id = &config.identity;
+        let identity = Verifier::new(
+            id.jwt_algorithms.clone(),
+            keys,
+            id.user_claim.clone(),
+            id.tier_claim.clone(),
+            tier_index.clone(),
+            index_of(&id.default_tier),
+            index_of(&id.anonymous_tier),
+            id.invalid_token,
+            config.server.trusted_proxies.clone(),
+            id.leeway,
+        );
+
+        let routes = RouteTable::new(
+            config
+                .routes
+                .iter()
+                .map(|r| {
+                    let route = Route { class: r.class, shadow: r.shadow, on_error: r.on_error.unwrap_or(config.storage.on_error) };
+                    (r.prefix.clone(), r.methods.clone(), route)
+                })
+                .collect(),
+            config.storage.on_error,
+        );
+
+        let (upstream_scheme, upstream_authority) = match (config.server.upstream.scheme(), config.server.upstream.authority()) {
+            (Some(s), Some(a)) => (s.clone(), a.clone()),
+            _ => {
+                errors.push("server.upstream: expected a URL like \"http://127.0.0.1:8000\"".into());
+                (Scheme::HTTP, Authority::from_static("127.0.0.1:8000"))
+            }
+        };
+
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        let tier_names: Vec<&str> = tiers.iter().map(|t| &*t.name).collect();
+        let metrics = Handles::new(&tier_names);
+        Ok(Snapshot {
+            upstream_scheme,
+            upstream_authority,
+            routes,
+            identity,
+            decorator: Decorator::new(&config.headers, config.server.environment),
+            metrics,
+            user_id_header: config.identity.user_id_header.clone(),
+            tier_header: config.identity.tier_header.clone(),
+            tiers,
+            config,
+        })
+    }
+
+    /// The effective tiers and limits, as `tiergate check` prints them.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{:<12} {:>9} {:>9} {:>10} {:>11} {:>11} {:>10}  custom",
+            "tier", "api/min", "req/hour", "req/day", "export/day", "concurrent", "upload"
+        );
+        let show = |v: i64| if v < 0 { "unlimited".to_string() } else { v.to_string() };
+        for t in &self.config.tiers {
+            let upload = if t.file_upload_size_mb < 0 { "unlimited".to_string() } else { format!("{} MiB", t.file_upload_size_mb) };
+            let custom: Vec<String> = t
+                .limits
+                .iter()
+                .map(|l| {
+                    let classes = if l.classes.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" [{}]", l.classes.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(","))
+                    };
+                    format!("{}={}/{}{classes}", l.name, show(l.requests), format_duration(l.window))
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "{:<12} {:>9} {:>9} {:>10} {:>11} {:>11} {:>10}  {}",
+                t.name,
+                show(t.api_calls_per_minute),
+                show(t.requests_per_hour),
+                show(t.requests_per_day),
+                show(t.data_export_per_day),
+                show(t.concurrent_requests),
+                upload,
+                if custom.is_empty() { "-".to_string() } else { custom.join(" ") }
+            );
+        }
+        let _ = writeln!(out, "\nroutes (first match wins; otherwise general):");
+        for r in &self.config.routes {
+            let methods = if r.methods.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", r.methods.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(","))
+            };
+            let shadow = if r.shadow { " (shadow)" } else { "" };
+            let _ = writeln!(out, "  {:<24} -> {}{methods}{shadow}", r.prefix, r.class.as_str());
+        }
+        out
+    }
+}
+
+fn compile_tier(t: &TierConfig, algorithm: LimitAlgorithm) -> Tier {
+    let window = |name: &str, limit: i64, secs: u64| {
+        (limit >= 0).then(|| WindowSpec { name: Arc::from(name), limit: limit as u64, window_ms: secs * 1000 })
+    };
+    let minute = window("minute", t.api_calls_per_minute, 60);
+    let hour = window("hour", t.requests_per_hour, 3_600);
+    let day = window("day", t.requests_per_day, 86_400);
+    let export_day = window("export_day", t.data_export_per_day, 86_400);
+    let concurrency = (t.concurrent_requests >= 0).then_some(t.concurrent_requests as u64);
+    let plan_for = |class: Class| {
+        let mut windows = Vec::new();
+        if class == Class::Api {
+            windows.extend(minute.clone());
+        }
+        windows.extend(hour.clone());
+        windows.extend(day.clone());
+        if class == Class::DataExport {
+            windows.extend(export_day.clone());
+        }
+        for l in &t.limits {
+            if l.requests >= 0 && (l.classes.is_empty() || l.classes.contains(&class)) {
+                windows.push(WindowSpec { name: Arc::from(l.name.as_str()), limit: l.requests as u64, window_ms: l.window.as_millis() as u64 });
+            }
+        }
+        Plan { algorithm, windows, concurrency }
+    };
+    let plans = [plan_for(Class::General), plan_for(Class::Api), plan_for(Class::DataExport)];
+    let policies = [policy_header(&plans[0]), policy_header(&plans[1]), policy_header(&plans[2])];
+    Tier {
+        name: Arc::from(t.name.as_str()),
+        header: HeaderValue::from_str(&t.name).unwrap_or(HeaderValue::from_static("unknown")),
+        plans,
+        policies,
+        upload_cap: (t.file_upload_size_mb >= 0).then(|| (t.file_upload_size_mb as u64).saturating_mul(MIB)),
+    }
+}
+
+/// The keys tokens may be verified with, one per configured source, each with the algorithms it may
+/// be used for (configured ∩ key family): an HS token can never be checked against a public key.
+fn compile_keys(config: &Config, secrets: &Secrets, errors: &mut Vec<String>) -> Vec<VerifyKey> {
+    let id = &config.identity;
+    let allowed = |family: AlgorithmFamily| -> Vec<Algorithm> { id.jwt_algorithms.iter().copied().filter(|a| a.family() == family).collect() };
+    let validation = |algs: Vec<Algorithm>| {
+        let mut v = Validation::new(algs.first().copied().unwrap_or(Algorithm::HS256));
+        v.algorithms = algs;
+        v.leeway = id.leeway.as_secs();
+        v.validate_exp = true;
+        v.validate_nbf = true;
+        v.set_required_spec_claims(&["exp"]);
+        if let Some(iss) = &id.issuer {
+            v.set_issuer(&[iss]);
+            v.required_spec_claims.insert("iss".into());
+        }
+        match &id.audience {
+            Some(aud) => {
+                v.set_audience(&[aud]);
+                v.required_spec_claims.insert("aud".into());
+            }
+            None => v.validate_aud = false,
+        }
+        v
+    };
+    let mut keys = Vec::new();
+
+    let hmac = allowed(AlgorithmFamily::Hmac);
+    if !hmac.is_empty() {
+        match secrets.get(&id.jwt_secret_env) {
+            Some(secret) if !secret.is_empty() => keys.push(VerifyKey {
+                kid: None,
+                family: AlgorithmFamily::Hmac,
+                key: DecodingKey::from_secret(secret.as_bytes()),
+                validation: validation(hmac),
+            }),
+            _ => errors.push(format!(
+                "identity.jwt_secret_env: environment variable {} is not set or empty (needed for {})",
+                id.jwt_secret_env,
+                alg_names(&allowed(AlgorithmFamily::Hmac))
+            )),
+        }
+    }
+
+    let public_families = [AlgorithmFamily::Rsa, AlgorithmFamily::Ec, AlgorithmFamily::Ed];
+    if let Some(path) = &id.jwt_public_key_file {
+        match std::fs::read(path) {
+            Ok(pem) => {
+                let mut parsed = false;
+                for family in public_families {
+                    let algs = allowed(family);
+                    if algs.is_empty() {
+                        continue;
+                    }
+                    let key = match family {
+                        AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(&pem),
+                        AlgorithmFamily::Ec => DecodingKey::from_ec_pem(&pem),
+                        _ => DecodingKey::from_ed_pem(&pem),
+                    };
+                    if let Ok(key) = key {
+                        keys.push(VerifyKey { kid: None, family, key, validation: validation(algs) });
+                        parsed = true;
+                    }
+                }
+                if !parsed {
+                    errors.push(format!(
+                        "identity.jwt_public_key_file: {} is not a PEM public key for any of {}",
+                        path.display(),
+                        alg_names(&id.jwt_algorithms)
+                    ));
+                }
+            }
+            Err(e) => errors.push(format!("identity.jwt_public_key_file: cannot read {}: {e}", path.display())),
+        }
+    }
+
+    if let Some(path) = &id.jwks_file {
+        match std::fs::read(path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice::<JwkSet>(&b).map_err(|e| e.to_string())) {
+            Ok(set) => {
+                for (i, jwk) in set.keys.iter().enumerate() {
+                    let family = match &jwk.algorithm {
+                        AlgorithmParameters::RSA(_) => AlgorithmFamily::Rsa,
+                        AlgorithmParameters::EllipticCurve(_) => AlgorithmFamily::Ec,
+                        AlgorithmParameters::OctetKeyPair(_) => AlgorithmFamily::Ed,
+                        _ => {
+                            errors.push(format!("identity.jwks_file: key {i} is not an RSA, EC or OKP public key (symmetric secrets come from jwt_secret_env, never a file)"));
+                            continue;
+                        }
+                    };
+                    let mut algs = allowed(family);
+                    if let Some(ka) = &jwk.common.key_algorithm {
+                        let name = format!("{ka:?}");
+                        algs.retain(|a| format!("{a:?}") == name);
+                    }
+                    if algs.is_empty() {
+                        continue;
+                    }
+                    match DecodingKey::from_jwk(jwk) {
+                        Ok(key) => keys.push(VerifyKey { kid: jwk.common.key_id.clone(), family, key, validation: validation(algs) }),
+                        Err(e) => errors.push(format!("identity.jwks_file: key {i} cannot be used: {e}")),
+                    }
+                }
+            }
+            Err(e) => errors.push(format!("identity.jwks_file: cannot read {} as a JWKS document: {e}", path.display())),
+        }
+    }
+
+    for family in public_families {
+        let algs = allowed(family);
+        if !algs.is_empty() && !keys.iter().any(|k| k.family == family) && errors.is_empty() {
+            errors.push(format!(
+                "identity.jwt_algorithms: {} need a public key: set identity.jwt_public_key_file or identity.jwks_file",
+                alg_names(&algs)
+            ));
+        }
+    }
+    keys
+}
+
+fn alg_names(algs: &[Algorithm]) -> String {
+    algs.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ")
+}
