@@ -21,7 +21,12 @@ use crate::proxy::Proxy;
 
 const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, metrics: &'static PrometheusHandle, stop: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    metrics: &'static PrometheusHandle,
+    stop: CancellationToken,
+) {
     let mut upkeep = tokio::time::interval(UPKEEP_EVERY);
     loop {
         let accepted = tokio::select! {
@@ -50,7 +55,8 @@ fn respond(proxy: &Proxy, metrics: &PrometheusHandle, req: &Request<Incoming>) -
     match req.uri().path() {
         "/metrics" => {
             let mut resp = Response::new(ProxyBody::bytes(metrics.render()));
-            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
             resp
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),

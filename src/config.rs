@@ -235,16 +235,12 @@ impl Config {
 
     /// Parses and validates config text, reporting every problem at once.
     pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
-        let root: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigErrors(vec![format!("config is not valid TOML: {}", e.to_string().trim())]))?;
+        let root: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            ConfigErrors(vec![format!("config is not valid TOML: {}", e.to_string().trim())])
+        })?;
         let mut errors = Vec::new();
         let config = read_config(&root, &mut errors);
-        if errors.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigErrors(errors))
-        }
+        if errors.is_empty() { Ok(config) } else { Err(ConfigErrors(errors)) }
     }
 }
 
@@ -372,7 +368,10 @@ impl<'t, 'e> Section<'t, 'e> {
         match self.raw(key) {
             None => default,
             Some(toml::Value::String(text)) => parse_duration(text).unwrap_or_else(|| {
-                self.problem(key, format!("expected a duration like \"50ms\", \"2s\", \"10m\", \"1h\", \"1d\", got {text:?}"));
+                self.problem(
+                    key,
+                    format!("expected a duration like \"50ms\", \"2s\", \"10m\", \"1h\", \"1d\", got {text:?}"),
+                );
                 default
             }),
             Some(_) => {
@@ -450,7 +449,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis() as u64;
     for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-        if ms >= size && ms % size == 0 {
+        if ms >= size && ms.is_multiple_of(size) {
             return format!("{}{unit}", ms / size);
         }
     }
@@ -476,10 +475,9 @@ fn read_config(root: &toml::Table, errors: &mut Vec<String>) -> Config {
     if tiers.is_empty() && !errors.iter().any(|e| e.starts_with("tiers")) {
         errors.push("tiers: at least one tier is required, e.g. [tiers.free]".into());
     }
-    for (key, name) in [
-        ("identity.default_tier", &identity.default_tier),
-        ("identity.anonymous_tier", &identity.anonymous_tier),
-    ] {
+    for (key, name) in
+        [("identity.default_tier", &identity.default_tier), ("identity.anonymous_tier", &identity.anonymous_tier)]
+    {
         if !tiers.is_empty() && !tier_names.contains(name.as_str()) {
             let known: Vec<&str> = tier_names.iter().copied().collect();
             errors.push(format!("{key}: tier {name:?} is not defined (tiers: {})", known.join(", ")));
@@ -497,7 +495,12 @@ fn read_server(value: Option<&toml::Value>, errors: &mut Vec<String>) -> ServerC
     let upstream = match upstream_text.parse::<http::Uri>() {
         Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {
             if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-                s.problem("upstream", format!("expected a base URL without a path, like \"http://127.0.0.1:8000\", got {upstream_text:?}"));
+                s.problem(
+                    "upstream",
+                    format!(
+                        "expected a base URL without a path, like \"http://127.0.0.1:8000\", got {upstream_text:?}"
+                    ),
+                );
             }
             uri
         }
@@ -523,7 +526,10 @@ fn read_server(value: Option<&toml::Value>, errors: &mut Vec<String>) -> ServerC
     for (i, text) in s.strings("trusted_proxies", &[]).into_iter().enumerate() {
         match text.parse::<IpNet>().or_else(|_| text.parse::<IpAddr>().map(IpNet::from)) {
             Ok(net) => trusted_proxies.push(net),
-            Err(_) => s.problem(&format!("trusted_proxies[{i}]"), format!("expected a CIDR like \"10.0.0.0/8\" or an IP address, got {text:?}")),
+            Err(_) => s.problem(
+                &format!("trusted_proxies[{i}]"),
+                format!("expected a CIDR like \"10.0.0.0/8\" or an IP address, got {text:?}"),
+            ),
         }
     }
     let upstream_timeout = s.duration("upstream_timeout", Duration::from_secs(30));
@@ -531,7 +537,10 @@ fn read_server(value: Option<&toml::Value>, errors: &mut Vec<String>) -> ServerC
     let idle_timeout = s.duration("idle_timeout", Duration::from_secs(60));
     let max_header_bytes = s.int("max_header_bytes", 65_536);
     if !(8_192..=16 * 1_048_576).contains(&max_header_bytes) {
-        s.problem("max_header_bytes", format!("expected a size between 8192 and 16777216 bytes, got {max_header_bytes}"));
+        s.problem(
+            "max_header_bytes",
+            format!("expected a size between 8192 and 16777216 bytes, got {max_header_bytes}"),
+        );
     }
     let shutdown_grace = s.duration("shutdown_grace", Duration::from_secs(25));
     for (key, d) in [
@@ -563,12 +572,12 @@ fn read_tls(value: Option<&toml::Value>, errors: &mut Vec<String>) -> Option<Tls
     let mut s = Section::new("tls", value, errors);
     let cert_file = s.opt_string("cert_file");
     let key_file = s.opt_string("key_file");
-    s.problem("", "TLS termination is not supported by this build yet; remove [tls] and terminate TLS in front of tiergate");
+    s.problem(
+        "",
+        "TLS termination is not supported by this build yet; remove [tls] and terminate TLS in front of tiergate",
+    );
     s.finish();
-    Some(TlsConfig {
-        cert_file: cert_file.unwrap_or_default().into(),
-        key_file: key_file.unwrap_or_default().into(),
-    })
+    Some(TlsConfig { cert_file: cert_file.unwrap_or_default().into(), key_file: key_file.unwrap_or_default().into() })
 }
 
 fn read_storage(value: Option<&toml::Value>, errors: &mut Vec<String>) -> StorageConfig {
@@ -596,11 +605,7 @@ fn read_storage(value: Option<&toml::Value>, errors: &mut Vec<String>) -> Storag
     let algorithm = s.choice(
         "algorithm",
         Algorithm::SlidingLog,
-        &[
-            ("sliding_log", Algorithm::SlidingLog),
-            ("gcra", Algorithm::Gcra),
-            ("fixed_window", Algorithm::FixedWindow),
-        ],
+        &[("sliding_log", Algorithm::SlidingLog), ("gcra", Algorithm::Gcra), ("fixed_window", Algorithm::FixedWindow)],
     );
     s.finish();
     StorageConfig {
@@ -618,7 +623,8 @@ fn read_storage(value: Option<&toml::Value>, errors: &mut Vec<String>) -> Storag
 
 fn read_on_error(s: &mut Section<'_, '_>, default: OnError) -> Option<OnError> {
     let present = s.table.is_some_and(|t| t.contains_key("on_error"));
-    let v = s.choice("on_error", default, &[("allow", OnError::Allow), ("deny", OnError::Deny), ("local", OnError::Local)]);
+    let v =
+        s.choice("on_error", default, &[("allow", OnError::Allow), ("deny", OnError::Deny), ("local", OnError::Local)]);
     present.then_some(v)
 }
 
@@ -649,12 +655,15 @@ fn read_identity(value: Option<&toml::Value>, errors: &mut Vec<String>) -> Ident
                     jwt_algorithms.push(*alg);
                 }
             }
-            None if name.eq_ignore_ascii_case("none") => {
-                s.problem(&format!("jwt_algorithms[{i}]"), "\"none\" is never accepted: unsigned tokens would let anyone pick their tier")
-            }
+            None if name.eq_ignore_ascii_case("none") => s.problem(
+                &format!("jwt_algorithms[{i}]"),
+                "\"none\" is never accepted: unsigned tokens would let anyone pick their tier",
+            ),
             None => s.problem(
                 &format!("jwt_algorithms[{i}]"),
-                format!("unknown algorithm {name:?}; expected one of HS256 HS384 HS512 RS256 RS384 RS512 ES256 ES384 EdDSA"),
+                format!(
+                    "unknown algorithm {name:?}; expected one of HS256 HS384 HS512 RS256 RS384 RS512 ES256 ES384 EdDSA"
+                ),
             ),
         }
     }
@@ -678,7 +687,8 @@ fn read_identity(value: Option<&toml::Value>, errors: &mut Vec<String>) -> Ident
         InvalidToken::Reject,
         &[("reject", InvalidToken::Reject), ("anonymous", InvalidToken::Anonymous)],
     );
-    let tier_source = s.choice("tier_source", TierSource::Claim, &[("claim", TierSource::Claim), ("redis", TierSource::Redis)]);
+    let tier_source =
+        s.choice("tier_source", TierSource::Claim, &[("claim", TierSource::Claim), ("redis", TierSource::Redis)]);
     if tier_source == TierSource::Redis {
         s.problem("tier_source", "\"redis\" is not supported by this build yet; use \"claim\"");
     }
@@ -749,29 +759,44 @@ fn read_tiers(value: Option<&toml::Value>, errors: &mut Vec<String>) -> Vec<Tier
                     let class_names = l.strings("classes", &[]);
                     match &lname {
                         None => l.problem("name", "required (names the window in headers, e.g. \"burst\")"),
-                        Some(n) if !valid_name(n) => l.problem("name", format!("{n:?}: use letters, digits, '_' and '-' only")),
+                        Some(n) if !valid_name(n) => {
+                            l.problem("name", format!("{n:?}: use letters, digits, '_' and '-' only"))
+                        }
                         Some(n) if RESERVED_WINDOW_NAMES.contains(&n.as_str()) => {
                             l.problem("name", format!("{n:?} is reserved for the tier's named limits"))
                         }
-                        Some(n) if !seen.insert(n.clone()) => l.problem("name", format!("{n:?} is used twice in this tier")),
+                        Some(n) if !seen.insert(n.clone()) => {
+                            l.problem("name", format!("{n:?} is used twice in this tier"))
+                        }
                         Some(_) => {}
                     }
                     match requests {
-                        None if l.table.is_some_and(|t| !t.contains_key("requests")) => l.problem("requests", "required"),
-                        Some(r) if r < -1 => l.problem("requests", format!("expected -1, 0 or a positive integer, got {r}")),
+                        None if l.table.is_some_and(|t| !t.contains_key("requests")) => {
+                            l.problem("requests", "required")
+                        }
+                        Some(r) if r < -1 => {
+                            l.problem("requests", format!("expected -1, 0 or a positive integer, got {r}"))
+                        }
                         _ => {}
                     }
                     if l.table.is_some_and(|t| !t.contains_key("window")) {
                         l.problem("window", "required, e.g. \"10s\"");
-                    } else if window < Duration::from_secs(1) && l.table.is_some_and(|t| t.get("window").is_some_and(|v| v.is_str())) {
+                    } else if window < Duration::from_secs(1)
+                        && l.table.is_some_and(|t| t.get("window").is_some_and(|v| v.is_str()))
+                    {
                         l.problem("window", "must be at least 1s");
                     }
                     let mut classes = Vec::new();
                     for (j, c) in class_names.iter().enumerate() {
                         match Class::parse(c) {
-                            Some(Class::Exempt) => l.problem(&format!("classes[{j}]"), "\"exempt\" requests are never limited"),
+                            Some(Class::Exempt) => {
+                                l.problem(&format!("classes[{j}]"), "\"exempt\" requests are never limited")
+                            }
                             Some(c) => classes.push(c),
-                            None => l.problem(&format!("classes[{j}]"), format!("expected general | api | data_export, got {c:?}")),
+                            None => l.problem(
+                                &format!("classes[{j}]"),
+                                format!("expected general | api | data_export, got {c:?}"),
+                            ),
                         }
                     }
                     l.finish();
@@ -866,12 +891,20 @@ fn read_headers(value: Option<&toml::Value>, errors: &mut Vec<String>) -> Header
     };
     let security = SecurityHeaders {
         enabled: sec.boolean("enabled", true),
-        strict_transport_security: header_value(&mut sec, "strict_transport_security", "max-age=31536000; includeSubDomains; preload"),
+        strict_transport_security: header_value(
+            &mut sec,
+            "strict_transport_security",
+            "max-age=31536000; includeSubDomains; preload",
+        ),
         x_content_type_options: header_value(&mut sec, "x_content_type_options", "nosniff"),
         x_frame_options: header_value(&mut sec, "x_frame_options", "DENY"),
         x_xss_protection: header_value(&mut sec, "x_xss_protection", "1; mode=block"),
         referrer_policy: header_value(&mut sec, "referrer_policy", "strict-origin-when-cross-origin"),
-        permissions_policy: header_value(&mut sec, "permissions_policy", "geolocation=(), microphone=(), camera=(), payment=*, usb=()"),
+        permissions_policy: header_value(
+            &mut sec,
+            "permissions_policy",
+            "geolocation=(), microphone=(), camera=(), payment=*, usb=()",
+        ),
         content_security_policy: header_value(
             &mut sec,
             "content_security_policy",

@@ -33,7 +33,9 @@ pub fn spawn_echo(listener: TcpListener) {
             let Ok((stream, _)) = listener.accept().await else { continue };
             tokio::spawn(async move {
                 let service = service_fn(|req| async move { Ok::<_, Infallible>(echo(req).await) });
-                let _ = auto::Builder::new(TokioExecutor::new()).serve_connection_with_upgrades(TokioIo::new(stream), service).await;
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .await;
             });
         }
     });
@@ -133,7 +135,11 @@ pub struct DemoOptions {
 
 /// The demo's config: the repository's `config.toml` (compiled in), pointed at the echo upstream,
 /// in development mode.
-pub fn demo_config(listen: SocketAddr, admin_listen: SocketAddr, upstream: SocketAddr) -> Result<Config, crate::config::ConfigErrors> {
+pub fn demo_config(
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+    upstream: SocketAddr,
+) -> Result<Config, crate::config::ConfigErrors> {
     let mut config = Config::parse(include_str!("../config.toml"))?;
     config.server.listen = listen;
     config.server.admin_listen = admin_listen;
@@ -172,6 +178,13 @@ pub async fn run(opts: DemoOptions) -> Result<(), Box<dyn std::error::Error>> {
     let secret = demo_secret(&Secrets::from_env(), &env_name);
     let secrets = Secrets::from_env().with(&env_name, &secret);
     let tiers: Vec<String> = config.tiers.iter().map(|t| t.name.clone()).collect();
+    // Show the 429 with the tier that has the smallest per-minute api budget.
+    let (show_tier, show_n) = config
+        .tiers
+        .iter()
+        .filter(|t| t.api_calls_per_minute >= 0)
+        .min_by_key(|t| t.api_calls_per_minute)
+        .map_or((tiers.first().cloned().unwrap_or_default(), 20), |t| (t.name.clone(), t.api_calls_per_minute + 5));
     let snapshot = Snapshot::compile(config, &secrets)?;
     let table = snapshot.describe();
     let server = match crate::server::start(snapshot).await {
@@ -185,18 +198,25 @@ pub async fn run(opts: DemoOptions) -> Result<(), Box<dyn std::error::Error>> {
     println!("upstream: built-in echo server on {upstream}; store: in memory\n");
     println!("{table}");
     println!("tokens (valid 1h):");
-    let mut first = None;
     for tier in &tiers {
-        let token = crate::identity::mint_hs256(secret.as_bytes(), &format!("demo-{tier}"), tier, Duration::from_secs(3600), None, None)?;
+        let token = crate::identity::mint_hs256(
+            secret.as_bytes(),
+            &format!("demo-{tier}"),
+            tier,
+            Duration::from_secs(3600),
+            None,
+            None,
+        )?;
         println!("  export {}_TOKEN={token}", tier.to_uppercase());
-        first.get_or_insert_with(|| tier.to_uppercase());
     }
-    let t = first.unwrap_or_else(|| "FREE".into());
+    let t = show_tier.to_uppercase();
     println!("\ntry:");
     println!("  # 200, with X-RateLimit-* and RateLimit headers:");
     println!("  curl -i -H \"Authorization: Bearer ${t}_TOKEN\" {base}/api/v1/items");
     println!("  # 429 once the per-minute api budget is spent:");
-    println!("  for i in $(seq 1 25); do curl -s -o /dev/null -w '%{{http_code}} ' -H \"Authorization: Bearer ${t}_TOKEN\" {base}/api/v1/items; done; echo");
+    println!(
+        "  for i in $(seq 1 {show_n}); do curl -s -o /dev/null -w '%{{http_code}} ' -H \"Authorization: Bearer ${t}_TOKEN\" {base}/api/v1/items; done; echo"
+    );
     println!("  # 401 for a token that does not verify:");
     println!("  curl -i -H 'Authorization: Bearer not.a.token' {base}/api/v1/items");
     println!("  # anonymous callers are limited by IP:");

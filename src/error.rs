@@ -59,7 +59,9 @@ impl ProxyError {
         let mut retry_after = None;
         let mut close = false;
         let body = match self {
-            ProxyError::Unauthorized => problem(status, "The bearer token is missing a valid signature, has expired or is not yet valid."),
+            ProxyError::Unauthorized => {
+                problem(status, "The bearer token is missing a valid signature, has expired or is not yet valid.")
+            }
             ProxyError::Limited { tier, violated, retry_after: secs } => {
                 retry_after = Some(*secs);
                 json!({

@@ -64,7 +64,11 @@ impl ForwardError {
 }
 
 /// Sends the request; waits at most `timeout` for the response head.
-pub async fn send(client: &UpstreamClient, req: Request<RequestBody>, timeout: Duration) -> Result<Response<Incoming>, ForwardError> {
+pub async fn send(
+    client: &UpstreamClient,
+    req: Request<RequestBody>,
+    timeout: Duration,
+) -> Result<Response<Incoming>, ForwardError> {
     match tokio::time::timeout(timeout, client.request(req)).await {
         Err(_) => Err(ForwardError::Timeout),
         Ok(Ok(resp)) => Ok(resp),

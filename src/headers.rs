@@ -4,8 +4,8 @@
 //! security header values, the `RateLimit-Policy` value per (tier, class), the header names.
 //! Per response only the numbers are formatted.
 
-use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
+use http::header::{HeaderName, HeaderValue};
 
 use crate::config::{Environment, HeadersConfig, RateLimitHeaders};
 use crate::limit::{Decision, Plan};

@@ -17,17 +17,17 @@
 //! `tiergate demo` command and its echo upstream.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod body;
 pub mod config;
-pub mod snapshot;
-pub mod server;
-pub mod proxy;
-pub mod identity;
-pub mod route;
-pub mod limit;
+pub mod demo;
+pub mod error;
 pub mod forward;
 pub mod headers;
-pub mod error;
+pub mod identity;
+pub mod limit;
 pub mod metrics;
-pub mod body;
-pub mod admin;
-pub mod demo;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod snapshot;

@@ -131,7 +131,8 @@ fn token(path: &std::path::Path, sub: &str, tier: &str, ttl: &str, secret_env: O
         eprintln!("--tier: {tier:?} is not a tier in {} (tiers: {})", path.display(), names.join(", "));
         return ExitCode::from(EXIT_CONFIG);
     }
-    let env_name = secret_env.map(str::to_string).or_else(|| config.as_ref().map(|c| c.identity.jwt_secret_env.clone()));
+    let env_name =
+        secret_env.map(str::to_string).or_else(|| config.as_ref().map(|c| c.identity.jwt_secret_env.clone()));
     let env_name = env_name.unwrap_or_else(|| "JWT_SECRET_KEY".into());
     let Some(secret) = std::env::var(&env_name).ok().filter(|s| !s.is_empty()) else {
         eprintln!("environment variable {env_name} is not set: export the HMAC secret tiergate verifies tokens with");
@@ -164,8 +165,14 @@ fn runtime(workers: Option<usize>) -> Option<tokio::runtime::Runtime> {
 }
 
 fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).with_current_span(false).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_current_span(false)
+        .init();
 }
 
 async fn run(snapshot: Snapshot) -> ExitCode {

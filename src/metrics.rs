@@ -71,20 +71,29 @@ pub enum UpstreamErrorKind {
 
 const LATENCY_BUCKETS: [f64; 16] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0];
-const STORAGE_BUCKETS: [f64; 12] = [0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05];
+const STORAGE_BUCKETS: [f64; 12] =
+    [0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the process-wide recorder (once) and returns the handle `/metrics` renders from.
 pub fn install() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
-        let builder = PrometheusBuilder::new();
-        let builder = [REQUEST_DURATION, UPSTREAM_DURATION]
-            .into_iter()
-            .fold(builder, |b, name| b.set_buckets_for_metric(Matcher::Full(name.into()), &LATENCY_BUCKETS).unwrap_or_else(|_| PrometheusBuilder::new()));
-        let builder = builder
-            .set_buckets_for_metric(Matcher::Full(STORAGE_DURATION.into()), &STORAGE_BUCKETS)
-            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let mut builder = PrometheusBuilder::new();
+        for (name, buckets) in [
+            (REQUEST_DURATION, &LATENCY_BUCKETS[..]),
+            (UPSTREAM_DURATION, &LATENCY_BUCKETS[..]),
+            (STORAGE_DURATION, &STORAGE_BUCKETS[..]),
+        ] {
+            // Only an empty bucket list is refused; ours are constants.
+            builder = match builder.set_buckets_for_metric(Matcher::Full(name.into()), buckets) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, metric = name, "histogram buckets refused");
+                    PrometheusBuilder::new()
+                }
+            };
+        }
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
         // Fails only if another recorder was installed first (an embedding program's own): then
@@ -102,12 +111,23 @@ pub fn install() -> &'static PrometheusHandle {
 
 fn describe() {
     metrics::describe_counter!(REQUESTS_TOTAL, Unit::Count, "Requests handled, by tier, route class and decision.");
-    metrics::describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Time from request head to response head, by route class.");
+    metrics::describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Time from request head to response head, by route class."
+    );
     metrics::describe_histogram!(UPSTREAM_DURATION, Unit::Seconds, "Time the upstream took to send response headers.");
     metrics::describe_counter!(UPSTREAM_ERRORS, Unit::Count, "Upstream failures by kind (connect, timeout, protocol).");
-    metrics::describe_histogram!(STORAGE_DURATION, Unit::Seconds, "Time one limit decision took in the storage backend.");
+    metrics::describe_histogram!(
+        STORAGE_DURATION,
+        Unit::Seconds,
+        "Time one limit decision took in the storage backend."
+    );
     metrics::describe_counter!(STORAGE_ERRORS, Unit::Count, "Storage calls that failed, by kind.");
-    metrics::describe_gauge!(STORAGE_FALLBACK, "1 while limit decisions come from the on_error policy instead of storage.");
+    metrics::describe_gauge!(
+        STORAGE_FALLBACK,
+        "1 while limit decisions come from the on_error policy instead of storage."
+    );
     metrics::describe_gauge!(INFLIGHT, "Requests in flight (until the response body ends).");
     metrics::describe_counter!(CONFIG_RELOADS, Unit::Count, "Configuration reloads by result (success, error).");
     metrics::describe_gauge!(BUILD_INFO, "Always 1; the version label names the running build.");
@@ -141,7 +161,8 @@ impl Handles {
             requests,
             duration: Class::ALL.map(|c| metrics::histogram!(REQUEST_DURATION, "class" => c.as_str())),
             upstream_duration: metrics::histogram!(UPSTREAM_DURATION),
-            upstream_errors: ["connect", "timeout", "protocol"].map(|k| metrics::counter!(UPSTREAM_ERRORS, "kind" => k)),
+            upstream_errors: ["connect", "timeout", "protocol"]
+                .map(|k| metrics::counter!(UPSTREAM_ERRORS, "kind" => k)),
             storage_duration: metrics::histogram!(STORAGE_DURATION),
             inflight: metrics::gauge!(INFLIGHT),
         }

@@ -55,7 +55,11 @@ struct Ctx {
 }
 
 impl Proxy {
-    pub async fn handle(self: Arc<Self>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    pub async fn handle(
+        self: Arc<Self>,
+        conn: Arc<ConnInfo>,
+        req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
         let snap = self.snapshot.load_full();
         let method = req.method().clone();
@@ -85,7 +89,8 @@ impl Proxy {
         snap.metrics.record(ctx.tier, ctx.class, ctx.outcome, elapsed);
         let tier = ctx.tier.map_or(crate::metrics::NO_TIER, |t| &snap.tiers[t].name);
         let status = resp.status().as_u16();
-        if matches!(ctx.outcome, Outcome::Limited | Outcome::ShadowLimited | Outcome::TooLarge | Outcome::Unauthorized) {
+        if matches!(ctx.outcome, Outcome::Limited | Outcome::ShadowLimited | Outcome::TooLarge | Outcome::Unauthorized)
+        {
             tracing::info!(%method, path, status, tier, class = ctx.class.as_str(), decision = ctx.outcome.as_str(), peer = %conn.peer, "request refused");
         } else {
             tracing::debug!(%method, path, status, tier, class = ctx.class.as_str(), decision = ctx.outcome.as_str(), seconds = elapsed, "request");
@@ -102,7 +107,7 @@ impl Proxy {
         inflight: InflightGuard,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         // 1. Framing that hyper lets through but a proxy must not (request smuggling).
-        check_framing(req.headers())?;
+        check_framing(req.headers(), &conn.activity)?;
         let upgrade = forward::is_upgrade(&req);
         let (mut parts, body) = req.into_parts();
         let client_upgrade = parts.extensions.remove::<OnUpgrade>();
@@ -120,14 +125,17 @@ impl Proxy {
             ctx.outcome = Outcome::Exempt;
         } else {
             // 3. Identify.
-            let identity: Identity = snap.identity.identify(&parts.headers, conn.peer).map_err(|_| ProxyError::Unauthorized)?;
+            let identity: Identity =
+                snap.identity.identify(&parts.headers, conn.peer).map_err(|_| ProxyError::Unauthorized)?;
             let tier = &snap.tiers[identity.tier];
             ctx.tier = Some(identity.tier);
 
             // 4. Upload cap: from the headers alone when declared, else by counting the stream.
             if let Some(cap) = tier.upload_cap {
                 match content_length(&parts.headers) {
-                    Some(len) if len > cap => return Err(ProxyError::TooLarge { tier: tier.name.clone(), limit_bytes: cap }),
+                    Some(len) if len > cap => {
+                        return Err(ProxyError::TooLarge { tier: tier.name.clone(), limit_bytes: cap });
+                    }
                     Some(_) => {}
                     None => body = body.with_cap(cap, Arc::clone(&exceeded)),
                 }
@@ -168,9 +176,11 @@ impl Proxy {
             trusted_peer: snap.identity.trusted_proxies.iter().any(|n| n.contains(&peer_ip)),
             upgrade,
         };
-        forward::prepare(&mut parts, &target).map_err(|_| ProxyError::BadRequest("The request target cannot be forwarded."))?;
+        forward::prepare(&mut parts, &target)
+            .map_err(|_| ProxyError::BadRequest("The request target cannot be forwarded."))?;
         let upstream_started = Instant::now();
-        let sent = forward::send(&self.client, Request::from_parts(parts, body), snap.config.server.upstream_timeout).await;
+        let sent =
+            forward::send(&self.client, Request::from_parts(parts, body), snap.config.server.upstream_timeout).await;
         snap.metrics.upstream_duration.record(upstream_started.elapsed().as_secs_f64());
         let mut resp = match sent {
             Ok(resp) => resp,
@@ -223,8 +233,11 @@ async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, guards: Guards) {
 
 /// RFC 9112 §6.1: a request with both `Content-Length` and `Transfer-Encoding` is refused (and the
 /// connection closed); so are conflicting `Content-Length` values.
-fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
-    if headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH) {
+fn check_framing(headers: &HeaderMap, conn: &ConnActivity) -> Result<(), ProxyError> {
+    // hyper removes Content-Length when Transfer-Encoding is present; the connection's sniffer saw it.
+    if headers.contains_key(header::TRANSFER_ENCODING)
+        && (headers.contains_key(header::CONTENT_LENGTH) || conn.saw_content_length_with_transfer_encoding())
+    {
         return Err(ProxyError::BadRequest("Content-Length and Transfer-Encoding together are not allowed."));
     }
     let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
@@ -241,8 +254,13 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 fn violated_names(plan: &crate::limit::Plan, d: &Decision) -> Vec<Arc<str>> {
-    let mut names: Vec<Arc<str>> =
-        plan.windows.iter().enumerate().filter(|(i, _)| d.violated & (1 << i) != 0).map(|(_, w)| w.name.clone()).collect();
+    let mut names: Vec<Arc<str>> = plan
+        .windows
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| d.violated & (1 << i) != 0)
+        .map(|(_, w)| w.name.clone())
+        .collect();
     if d.concurrency_violated {
         names.push(Arc::from(crate::headers::CONCURRENT));
     }

@@ -30,7 +30,9 @@ impl RouteTable {
     pub fn classify(&self, method: &Method, path: &str) -> &Route {
         self.entries
             .iter()
-            .find(|(prefix, methods, _)| path.starts_with(prefix.as_str()) && (methods.is_empty() || methods.contains(method)))
+            .find(|(prefix, methods, _)| {
+                path.starts_with(prefix.as_str()) && (methods.is_empty() || methods.contains(method))
+            })
             .map_or(&self.fallback, |(_, _, route)| route)
     }
 }

@@ -9,14 +9,17 @@
 //! flight for that long.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -39,17 +42,27 @@ pub struct BindError {
     pub source: std::io::Error,
 }
 
-/// Per-connection activity, for the idle timeout.
+/// Per-connection activity: requests in flight (idle timeout) and what the head sniffer saw.
 pub struct ConnActivity {
     born: Instant,
     active: AtomicUsize,
     /// Milliseconds after `born` at which the last request finished.
     last_ms: AtomicU64,
+    /// A request head on this connection carried both `Content-Length` and `Transfer-Encoding`.
+    cl_and_te: AtomicBool,
+    /// A request finished: the sniffer should read the next request head.
+    rearm: AtomicBool,
 }
 
 impl ConnActivity {
     fn new() -> ConnActivity {
-        ConnActivity { born: Instant::now(), active: AtomicUsize::new(0), last_ms: AtomicU64::new(0) }
+        ConnActivity {
+            born: Instant::now(),
+            active: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+            cl_and_te: AtomicBool::new(false),
+            rearm: AtomicBool::new(false),
+        }
     }
 
     pub fn begin(&self) {
@@ -59,6 +72,13 @@ impl ConnActivity {
     pub fn end(&self) {
         self.last_ms.store(self.born.elapsed().as_millis() as u64, Ordering::Release);
         self.active.fetch_sub(1, Ordering::AcqRel);
+        self.rearm.store(true, Ordering::Release);
+    }
+
+    /// hyper drops `Content-Length` from a request that also has `Transfer-Encoding` before we see
+    /// it; the sniffer below remembers that the raw head had both.
+    pub fn saw_content_length_with_transfer_encoding(&self) -> bool {
+        self.cl_and_te.load(Ordering::Acquire)
     }
 
     /// When the connection becomes idle-expired if nothing happens; `None`: a request is in flight.
@@ -97,12 +117,16 @@ pub async fn start(snapshot: Snapshot) -> Result<Server, BindError> {
 pub async fn start_with_clock(snapshot: Snapshot, clock: Clock) -> Result<Server, BindError> {
     let listen = snapshot.config.server.listen;
     let admin_listen = snapshot.config.server.admin_listen;
-    let listener = TcpListener::bind(listen).await.map_err(|source| BindError { key: "server.listen", addr: listen, source })?;
-    let admin = TcpListener::bind(admin_listen)
-        .await
-        .map_err(|source| BindError { key: "server.admin_listen", addr: admin_listen, source })?;
+    let listener =
+        TcpListener::bind(listen).await.map_err(|source| BindError { key: "server.listen", addr: listen, source })?;
+    let admin = TcpListener::bind(admin_listen).await.map_err(|source| BindError {
+        key: "server.admin_listen",
+        addr: admin_listen,
+        source,
+    })?;
     let addr = listener.local_addr().map_err(|source| BindError { key: "server.listen", addr: listen, source })?;
-    let admin_addr = admin.local_addr().map_err(|source| BindError { key: "server.admin_listen", addr: admin_listen, source })?;
+    let admin_addr =
+        admin.local_addr().map_err(|source| BindError { key: "server.admin_listen", addr: admin_listen, source })?;
 
     let handle = crate::metrics::install();
     let proxy = Arc::new(Proxy {
@@ -204,7 +228,8 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>
         .max_header_list_size(max_header_bytes as u32)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let io = SniffedStream { inner: stream, sniffer: HeadSniffer::default(), activity: Arc::clone(&activity) };
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
 
     let mut closing = false;
@@ -228,5 +253,161 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>
                 }
             }
         }
+    }
+}
+
+/// The client's stream, with a look at each HTTP/1.1 request head as it is read.
+///
+/// Only request heads are scanned (a few hundred bytes per request, never bodies): after a head
+/// ends the sniffer sleeps until the request's response is done. Pipelined heads read together
+/// with an earlier body are not scanned; hyper still handles those safely (Transfer-Encoding
+/// wins and the connection is closed after the response), only without our 400.
+struct SniffedStream {
+    inner: TcpStream,
+    sniffer: HeadSniffer,
+    activity: Arc<ConnActivity>,
+}
+
+impl AsyncRead for SniffedStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if this.activity.rearm.swap(false, Ordering::AcqRel) {
+            this.sniffer.rearm();
+        }
+        if this.sniffer.scanning && this.sniffer.feed(&buf.filled()[before..]) {
+            this.activity.cl_and_te.store(true, Ordering::Release);
+        }
+        result
+    }
+}
+
+impl AsyncWrite for SniffedStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Finds request heads that carry both `Content-Length` and `Transfer-Encoding`.
+struct HeadSniffer {
+    scanning: bool,
+    /// The start of the current line, lowercased (enough to recognise the two header names).
+    line: [u8; 18],
+    line_len: usize,
+    /// Bytes in the current line, excluding CR.
+    line_total: usize,
+    seen_request_line: bool,
+    content_length: bool,
+    transfer_encoding: bool,
+    /// The connection speaks h2 (it opened with the h2c preface): nothing to sniff, ever.
+    http2: bool,
+}
+
+impl Default for HeadSniffer {
+    fn default() -> Self {
+        HeadSniffer {
+            scanning: true,
+            line: [0; 18],
+            line_len: 0,
+            line_total: 0,
+            seen_request_line: false,
+            content_length: false,
+            transfer_encoding: false,
+            http2: false,
+        }
+    }
+}
+
+impl HeadSniffer {
+    fn rearm(&mut self) {
+        *self = HeadSniffer { scanning: !self.http2, http2: self.http2, ..HeadSniffer::default() };
+    }
+
+    /// Scans bytes; true when a head that just ended carried both framing headers.
+    fn feed(&mut self, bytes: &[u8]) -> bool {
+        let mut found = false;
+        for &b in bytes {
+            if !self.scanning {
+                break;
+            }
+            match b {
+                b'\n' => {
+                    if self.line_total == 0 {
+                        if self.seen_request_line {
+                            found |= self.content_length && self.transfer_encoding;
+                            self.scanning = false;
+                        }
+                    } else if !self.seen_request_line {
+                        self.seen_request_line = true;
+                        if self.line[..self.line_len].starts_with(b"pri * http/2.0") {
+                            self.http2 = true;
+                            self.scanning = false;
+                        }
+                    } else {
+                        let line = &self.line[..self.line_len];
+                        self.content_length |= line.starts_with(b"content-length:");
+                        self.transfer_encoding |= line.starts_with(b"transfer-encoding:");
+                    }
+                    self.line_len = 0;
+                    self.line_total = 0;
+                }
+                b'\r' => {}
+                _ => {
+                    if self.line_len < self.line.len() {
+                        self.line[self.line_len] = b.to_ascii_lowercase();
+                        self.line_len += 1;
+                    }
+                    self.line_total += 1;
+                }
+            }
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HeadSniffer;
+
+    #[test]
+    fn sniffer_finds_both_framing_headers_across_reads() {
+        let head = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n";
+        for split in 1..head.len() {
+            let mut s = HeadSniffer::default();
+            let found = s.feed(&head[..split]) | s.feed(&head[split..]);
+            assert!(found, "split at {split}");
+        }
+        let mut s = HeadSniffer::default();
+        assert!(!s.feed(b"POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"));
+        assert!(!s.scanning, "bodies are not scanned");
+        // A header value that merely mentions the other name does not count.
+        let mut s = HeadSniffer::default();
+        assert!(!s.feed(b"GET / HTTP/1.1\r\nX-Note: content-length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"));
+        // h2c: the preface turns the sniffer off for good.
+        let mut s = HeadSniffer::default();
+        assert!(!s.feed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
+        s.rearm();
+        assert!(!s.scanning);
     }
 }

@@ -85,7 +85,8 @@ impl Snapshot {
         let mut errors = Vec::new();
 
         let tiers: Vec<Tier> = config.tiers.iter().map(|t| compile_tier(t, config.storage.algorithm)).collect();
-        let tier_index: HashMap<String, usize> = tiers.iter().enumerate().map(|(i, t)| (t.name.to_string(), i)).collect();
+        let tier_index: HashMap<String, usize> =
+            tiers.iter().enumerate().map(|(i, t)| (t.name.to_string(), i)).collect();
         let index_of = |name: &str| tier_index.get(name).copied().unwrap_or(0);
 
         let keys = compile_keys(&config, secrets, &mut errors);
@@ -108,20 +109,25 @@ impl Snapshot {
                 .routes
                 .iter()
                 .map(|r| {
-                    let route = Route { class: r.class, shadow: r.shadow, on_error: r.on_error.unwrap_or(config.storage.on_error) };
+                    let route = Route {
+                        class: r.class,
+                        shadow: r.shadow,
+                        on_error: r.on_error.unwrap_or(config.storage.on_error),
+                    };
                     (r.prefix.clone(), r.methods.clone(), route)
                 })
                 .collect(),
             config.storage.on_error,
         );
 
-        let (upstream_scheme, upstream_authority) = match (config.server.upstream.scheme(), config.server.upstream.authority()) {
-            (Some(s), Some(a)) => (s.clone(), a.clone()),
-            _ => {
-                errors.push("server.upstream: expected a URL like \"http://127.0.0.1:8000\"".into());
-                (Scheme::HTTP, Authority::from_static("127.0.0.1:8000"))
-            }
-        };
+        let (upstream_scheme, upstream_authority) =
+            match (config.server.upstream.scheme(), config.server.upstream.authority()) {
+                (Some(s), Some(a)) => (s.clone(), a.clone()),
+                _ => {
+                    errors.push("server.upstream: expected a URL like \"http://127.0.0.1:8000\"".into());
+                    (Scheme::HTTP, Authority::from_static("127.0.0.1:8000"))
+                }
+            };
 
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
@@ -152,7 +158,11 @@ impl Snapshot {
         );
         let show = |v: i64| if v < 0 { "unlimited".to_string() } else { v.to_string() };
         for t in &self.config.tiers {
-            let upload = if t.file_upload_size_mb < 0 { "unlimited".to_string() } else { format!("{} MiB", t.file_upload_size_mb) };
+            let upload = if t.file_upload_size_mb < 0 {
+                "unlimited".to_string()
+            } else {
+                format!("{} MiB", t.file_upload_size_mb)
+            };
             let custom: Vec<String> = t
                 .limits
                 .iter()
@@ -213,7 +223,11 @@ fn compile_tier(t: &TierConfig, algorithm: LimitAlgorithm) -> Tier {
         }
         for l in &t.limits {
             if l.requests >= 0 && (l.classes.is_empty() || l.classes.contains(&class)) {
-                windows.push(WindowSpec { name: Arc::from(l.name.as_str()), limit: l.requests as u64, window_ms: l.window.as_millis() as u64 });
+                windows.push(WindowSpec {
+                    name: Arc::from(l.name.as_str()),
+                    limit: l.requests as u64,
+                    window_ms: l.window.as_millis() as u64,
+                });
             }
         }
         Plan { algorithm, windows, concurrency }
@@ -233,7 +247,9 @@ fn compile_tier(t: &TierConfig, algorithm: LimitAlgorithm) -> Tier {
 /// be used for (configured ∩ key family): an HS token can never be checked against a public key.
 fn compile_keys(config: &Config, secrets: &Secrets, errors: &mut Vec<String>) -> Vec<VerifyKey> {
     let id = &config.identity;
-    let allowed = |family: AlgorithmFamily| -> Vec<Algorithm> { id.jwt_algorithms.iter().copied().filter(|a| a.family() == family).collect() };
+    let allowed = |family: AlgorithmFamily| -> Vec<Algorithm> {
+        id.jwt_algorithms.iter().copied().filter(|a| a.family() == family).collect()
+    };
     let validation = |algs: Vec<Algorithm>| {
         let mut v = Validation::new(algs.first().copied().unwrap_or(Algorithm::HS256));
         v.algorithms = algs;
@@ -306,7 +322,10 @@ fn compile_keys(config: &Config, secrets: &Secrets, errors: &mut Vec<String>) ->
     }
 
     if let Some(path) = &id.jwks_file {
-        match std::fs::read(path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice::<JwkSet>(&b).map_err(|e| e.to_string())) {
+        match std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<JwkSet>(&b).map_err(|e| e.to_string()))
+        {
             Ok(set) => {
                 for (i, jwk) in set.keys.iter().enumerate() {
                     let family = match &jwk.algorithm {
@@ -327,12 +346,19 @@ fn compile_keys(config: &Config, secrets: &Secrets, errors: &mut Vec<String>) ->
                         continue;
                     }
                     match DecodingKey::from_jwk(jwk) {
-                        Ok(key) => keys.push(VerifyKey { kid: jwk.common.key_id.clone(), family, key, validation: validation(algs) }),
+                        Ok(key) => keys.push(VerifyKey {
+                            kid: jwk.common.key_id.clone(),
+                            family,
+                            key,
+                            validation: validation(algs),
+                        }),
                         Err(e) => errors.push(format!("identity.jwks_file: key {i} cannot be used: {e}")),
                     }
                 }
             }
-            Err(e) => errors.push(format!("identity.jwks_file: cannot read {} as a JWKS document: {e}", path.display())),
+            Err(e) => {
+                errors.push(format!("identity.jwks_file: cannot read {} as a JWKS document: {e}", path.display()))
+            }
         }
     }
 

@@ -111,7 +111,9 @@ impl Window {
     fn matches(&self, algorithm: Algorithm) -> bool {
         matches!(
             (self, algorithm),
-            (Window::Log(_), Algorithm::SlidingLog) | (Window::Gcra { .. }, Algorithm::Gcra) | (Window::Fixed { .. }, Algorithm::FixedWindow)
+            (Window::Log(_), Algorithm::SlidingLog)
+                | (Window::Gcra { .. }, Algorithm::Gcra)
+                | (Window::Fixed { .. }, Algorithm::FixedWindow)
         )
     }
 
@@ -320,7 +322,15 @@ fn decide(entry: &Arc<Entry>, now: u64, plan: &Plan) -> Decision {
         }
     }
 
-    Decision { now_ms: now, allowed, violated, concurrency_violated, retry_at_ms, binding: binding.map(|(b, _)| b), lease }
+    Decision {
+        now_ms: now,
+        allowed,
+        violated,
+        concurrency_violated,
+        retry_at_ms,
+        binding: binding.map(|(b, _)| b),
+        lease,
+    }
 }
 
 /// Orders candidate binding windows: (full, fewer remaining, shorter window); the greatest binds.
@@ -426,7 +436,8 @@ mod tests {
     #[test]
     fn binding_is_fewest_remaining_then_shortest() {
         let lim = LocalLimiter::new(Clock::manual(T0));
-        let p = plan(Algorithm::SlidingLog, &[("hour", 10, 3_600_000), ("minute", 10, 60_000), ("burst", 4, 10_000)], None);
+        let p =
+            plan(Algorithm::SlidingLog, &[("hour", 10, 3_600_000), ("minute", 10, 60_000), ("burst", 4, 10_000)], None);
         let b = lim.check(&user("a"), &p).binding.unwrap();
         assert_eq!((b.window, b.remaining), (Some(2), 3));
         let p = plan(Algorithm::SlidingLog, &[("hour", 10, 3_600_000), ("minute", 10, 60_000)], None);

@@ -1,0 +1,261 @@
+//! Forwarding and connection behaviour: headers in both directions, upstream failures, h2c, upgrades,
+//! request framing, header limits and timeouts.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn forwarded_request_carries_the_right_headers() {
+    let gate = Gate::default_with("").await;
+    let t = token("olga", "pro");
+    let auth = format!("Bearer {t}");
+    let r = get(
+        &gate.url("/api/data?x=1"),
+        &[
+            ("authorization", &auth),
+            ("x-user-id", "admin"),
+            ("x-user-tier", "enterprise"),
+            ("connection", "x-private, keep-alive"),
+            ("x-private", "secret"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let echo = r.json();
+    assert_eq!(echo["path"], "/api/data");
+    assert_eq!(echo["query"], "x=1");
+    assert_eq!(r.upstream_header("x-user-id"), vec!["olga"], "tiergate's identity, not the client's");
+    assert_eq!(r.upstream_header("x-user-tier"), vec!["pro"]);
+    assert_eq!(r.upstream_header("authorization"), vec![auth.clone()], "Authorization forwarded unchanged");
+    for hop in ["x-private", "keep-alive", "te", "proxy-authorization", "connection"] {
+        assert!(r.upstream_header(hop).is_empty(), "{hop} must not be forwarded: {}", r.body);
+    }
+    // Appended to, never replaced; the untrusted client's proto claim is not believed.
+    assert_eq!(r.upstream_header("x-forwarded-for"), vec!["6.6.6.6, 127.0.0.1"]);
+    assert_eq!(r.upstream_header("x-forwarded-proto"), vec!["http"]);
+    let id = r.upstream_header("x-request-id");
+    assert_eq!(id.len(), 1);
+    assert_eq!(id[0].len(), 32);
+
+    // A client's request id is kept.
+    let r = get(&gate.url("/api/data"), &[("authorization", &auth), ("x-request-id", "abc-123")]).await;
+    assert_eq!(r.upstream_header("x-request-id"), vec!["abc-123"]);
+
+    // Anonymous callers: spoofed identity headers are removed and none are set for the user.
+    let r = get(&gate.url("/page"), &[("x-user-id", "admin"), ("x-user-tier", "enterprise")]).await;
+    assert!(r.upstream_header("x-user-id").is_empty());
+    assert_eq!(r.upstream_header("x-user-tier"), vec!["free"]);
+
+    // Exempt routes: no identity check (even a bad token passes), spoofed headers still removed,
+    // no rate-limit headers, security headers present.
+    let r = get(&gate.url("/health"), &[("authorization", "Bearer garbage"), ("x-user-id", "admin")]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.upstream_header("x-user-id").is_empty());
+    assert!(r.header("x-ratelimit-limit").is_none());
+    assert_eq!(r.header("x-frame-options"), Some("DENY"));
+}
+
+#[tokio::test]
+async fn response_headers_are_cleaned_and_decorated() {
+    let gate = Gate::default_with("").await;
+    let r = get(&gate.url("/hop"), &[]).await;
+    assert_eq!(r.status, 200);
+    for gone in ["server", "x-powered-by", "x-upstream-hop", "keep-alive", "proxy-authenticate"] {
+        assert!(r.header(gone).is_none(), "{gone} must be stripped: {:?}", r.headers);
+    }
+    assert_eq!(r.header("strict-transport-security"), Some("max-age=31536000; includeSubDomains; preload"));
+    assert_eq!(r.header("x-frame-options"), Some("DENY"));
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(r.header("referrer-policy"), Some("strict-origin-when-cross-origin"));
+    assert!(r.header("content-security-policy").unwrap().contains("frame-ancestors 'none'"));
+    assert!(r.header("permissions-policy").is_some());
+    assert_eq!(r.header("x-xss-protection"), Some("1; mode=block"));
+}
+
+#[tokio::test]
+async fn development_relaxes_the_security_headers() {
+    let config =
+        format!("{SERVER}{IDENTITY}{TIERS}").replace("environment = \"production\"", "environment = \"development\"");
+    let gate = Gate::start(&config).await;
+    let r = get(&gate.url("/x"), &[]).await;
+    assert!(r.header("strict-transport-security").is_none());
+    assert_eq!(r.header("x-frame-options"), Some("SAMEORIGIN"));
+    // Errors are decorated too.
+    let r = get(&gate.url("/x"), &[("authorization", "Bearer nope")]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("x-frame-options"), Some("SAMEORIGIN"));
+}
+
+#[tokio::test]
+async fn unreachable_upstream_is_502_and_slow_upstream_is_504() {
+    // A port with nothing listening.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let config = format!("{SERVER}{IDENTITY}{TIERS}");
+    let gate = Gate::start_with_upstream(&config, &format!("http://{closed}"), closed).await;
+    let before = get(&format!("{}/metrics", gate.admin), &[]).await.body;
+    let r = get(&gate.url("/x"), &[]).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    assert_eq!(r.json()["status"], 502);
+    assert!(!r.body.contains(&closed.to_string()), "the body must not reveal the upstream address");
+    assert!(r.header("x-content-type-options").is_some());
+    let after = get(&format!("{}/metrics", gate.admin), &[]).await.body;
+    let kind = ["kind=\"connect\""];
+    assert_eq!(
+        metric(&after, "tiergate_upstream_errors_total", &kind)
+            - metric(&before, "tiergate_upstream_errors_total", &kind),
+        1.0
+    );
+
+    let config =
+        format!("{SERVER}{IDENTITY}{TIERS}").replace("upstream_timeout = \"2s\"", "upstream_timeout = \"300ms\"");
+    let gate = Gate::start(&config).await;
+    let started = std::time::Instant::now();
+    let r = get(&gate.url("/slow?ms=3000"), &[]).await;
+    assert_eq!(r.status, 504);
+    assert!(started.elapsed() < Duration::from_millis(2000), "took {:?}", started.elapsed());
+    assert_eq!(get(&gate.url("/slow?ms=10"), &[]).await.status, 200);
+}
+
+#[tokio::test]
+async fn h2c_clients_reach_an_http1_upstream() {
+    let gate = Gate::default_with("").await;
+    let t = token("pia", "pro");
+    let auth = format!("Bearer {t}");
+    let r = send(
+        &h2c_client(),
+        request("POST", &gate.url("/api/h2"), &[("authorization", &auth)], Bytes::from_static(b"hello")),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let echo = r.json();
+    assert_eq!(echo["version"], "HTTP/1.1");
+    assert_eq!(echo["body_bytes"], 5);
+    assert_eq!(r.upstream_header("host"), vec![gate.server.addr.to_string()]);
+    assert_eq!(r.upstream_header("x-user-id"), vec!["pia"]);
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("4"));
+}
+
+#[tokio::test]
+async fn websocket_upgrades_pass_through() {
+    let gate = Gate::default_with("").await;
+    let mut s = tokio::net::TcpStream::connect(gate.server.addr).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    // Bytes now flow both ways through tiergate to the echo upstream.
+    s.write_all(b"ping through the tunnel").await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 23 {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "tunnel closed early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(&got, b"ping through the tunnel");
+}
+
+#[tokio::test]
+async fn ambiguous_framing_is_refused_and_the_connection_closed() {
+    let gate = Gate::default_with("").await;
+    let (resp, closed) = raw(
+        gate.server.addr,
+        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert!(closed, "connection must be closed after CL+TE");
+    assert_eq!(resp.matches("HTTP/1.1").count(), 1, "the smuggled request must not be answered: {resp}");
+
+    let (resp, _) = raw(
+        gate.server.addr,
+        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+}
+
+#[tokio::test]
+async fn oversized_heads_get_431_and_slow_heads_are_dropped() {
+    let config = format!("{SERVER}{IDENTITY}{TIERS}")
+        .replace("[server]\n", "[server]\nmax_header_bytes = 16384\nheader_read_timeout = \"500ms\"\n");
+    let gate = Gate::start(&config).await;
+    let big = format!("GET /x HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(32 * 1024));
+    let (resp, _) = raw(gate.server.addr, big.as_bytes(), Duration::from_secs(3)).await;
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
+
+    // Half a request head, then silence: dropped after header_read_timeout.
+    let started = std::time::Instant::now();
+    let (_, closed) = raw(gate.server.addr, b"GET /x HTTP/1.1\r\nHost: x\r\n", Duration::from_secs(5)).await;
+    assert!(closed, "slow head was not dropped");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(400) && took < Duration::from_secs(3), "dropped after {took:?}");
+}
+
+#[tokio::test]
+async fn idle_keepalive_connections_are_closed() {
+    let config = format!("{SERVER}{IDENTITY}{TIERS}")
+        .replace("[server]\n", "[server]\nidle_timeout = \"400ms\"\nheader_read_timeout = \"5s\"\n");
+    let gate = Gate::start(&config).await;
+    let mut s = tokio::net::TcpStream::connect(gate.server.addr).await.unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 8192];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let started = std::time::Instant::now();
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(_)) => continue,
+            Err(_) => break false,
+        }
+    };
+    assert!(closed, "idle connection stayed open");
+    assert!(started.elapsed() >= Duration::from_millis(300), "closed too soon: {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn trusted_proxies_decide_whose_forwarded_for_counts() {
+    // Untrusted peer: X-Forwarded-For cannot buy a fresh budget.
+    let gate = Gate::default_with("").await;
+    for i in 0..3 {
+        let spoof = format!("10.0.0.{i}");
+        assert_eq!(get(&gate.url("/api/x"), &[("x-forwarded-for", &spoof)]).await.status, 200);
+    }
+    assert_eq!(get(&gate.url("/api/x"), &[("x-forwarded-for", "10.9.9.9")]).await.status, 429);
+    assert_eq!(get(&gate.url("/api/x"), &[("x-real-ip", "10.9.9.8")]).await.status, 429);
+
+    // Trusted peer (loopback): the rightmost untrusted hop is the client.
+    let config =
+        format!("{SERVER}{IDENTITY}{TIERS}").replace("[server]\n", "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]\n");
+    let gate = Gate::start(&config).await;
+    for _ in 0..3 {
+        assert_eq!(get(&gate.url("/api/x"), &[("x-forwarded-for", "203.0.113.1, 127.0.0.5")]).await.status, 200);
+    }
+    assert_eq!(get(&gate.url("/api/x"), &[("x-forwarded-for", "203.0.113.1")]).await.status, 429);
+    // A different client behind the same proxy has its own budget.
+    assert_eq!(get(&gate.url("/api/x"), &[("x-forwarded-for", "203.0.113.2")]).await.status, 200);
+    // Leftmost-spoofing does not help: the rightmost untrusted entry is what counts.
+    assert_eq!(get(&gate.url("/api/x"), &[("x-forwarded-for", "198.51.100.7, 203.0.113.1")]).await.status, 429);
+}

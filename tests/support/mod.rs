@@ -1,0 +1,252 @@
+//! Shared test harness: a real echo upstream, tiergate on 127.0.0.1:0, real HTTP clients, real JWTs.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use tiergate::config::Config;
+use tiergate::server::Server;
+use tiergate::snapshot::{Secrets, Snapshot};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
+pub const SECRET_ENV: &str = "TIERGATE_TEST_SECRET";
+
+/// Server settings every test config starts from (ports chosen by the OS).
+pub const SERVER: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+upstream = "http://127.0.0.1:1"
+environment = "production"
+upstream_timeout = "2s"
+"#;
+
+/// Identity settings for HS256 with the test secret.
+pub const IDENTITY: &str = r#"
+[identity]
+jwt_algorithms = ["HS256"]
+jwt_secret_env = "TIERGATE_TEST_SECRET"
+"#;
+
+/// Three tiers with small budgets and the contract's routes.
+pub const TIERS: &str = r#"
+[tiers.free]
+requests_per_hour = 100
+requests_per_day = 1000
+concurrent_requests = 5
+data_export_per_day = 2
+file_upload_size_mb = 1
+api_calls_per_minute = 3
+
+[tiers.pro]
+requests_per_hour = 1000
+requests_per_day = 10000
+concurrent_requests = 20
+data_export_per_day = 50
+file_upload_size_mb = 100
+api_calls_per_minute = 5
+
+[tiers.enterprise]
+requests_per_hour = -1
+requests_per_day = -1
+concurrent_requests = -1
+data_export_per_day = -1
+file_upload_size_mb = -1
+api_calls_per_minute = -1
+
+[[routes]]
+prefix = "/api/v1/export"
+class = "data_export"
+
+[[routes]]
+prefix = "/api/"
+class = "api"
+
+[[routes]]
+prefix = "/health"
+class = "exempt"
+"#;
+
+pub fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Starts the echo upstream on a free port.
+pub async fn echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tiergate::demo::spawn_echo(listener);
+    addr
+}
+
+/// A running tiergate in front of an echo upstream.
+pub struct Gate {
+    pub server: Server,
+    pub upstream: SocketAddr,
+    pub base: String,
+    pub admin: String,
+}
+
+impl Gate {
+    /// `config`: a whole config file; `upstream` is replaced by the echo server's address.
+    pub async fn start(config: &str) -> Gate {
+        let upstream = echo().await;
+        Gate::start_with_upstream(config, &format!("http://{upstream}"), upstream).await
+    }
+
+    pub async fn start_with_upstream(config: &str, upstream_url: &str, upstream: SocketAddr) -> Gate {
+        let mut config = Config::parse(config).unwrap_or_else(|e| panic!("test config: {e}"));
+        config.server.upstream = upstream_url.parse().unwrap();
+        let snapshot = Snapshot::compile(config, &Secrets::default().with(SECRET_ENV, SECRET))
+            .unwrap_or_else(|e| panic!("compile: {e}"));
+        let server = tiergate::server::start(snapshot).await.unwrap();
+        let base = format!("http://{}", server.addr);
+        let admin = format!("http://{}", server.admin_addr);
+        Gate { server, upstream, base, admin }
+    }
+
+    /// The default test gate: SERVER + IDENTITY + TIERS + `extra`.
+    pub async fn default_with(extra: &str) -> Gate {
+        Gate::start(&format!("{SERVER}{IDENTITY}{TIERS}{extra}")).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn limiter_len(&self) -> usize {
+        match &self.server.proxy.limiter {
+            tiergate::limit::Limiter::Memory(m) => m.len(),
+        }
+    }
+}
+
+/// A signed HS256 token with the test secret.
+pub fn token(sub: &str, tier: &str) -> String {
+    tiergate::identity::mint_hs256(SECRET.as_bytes(), sub, tier, Duration::from_secs(3600), None, None).unwrap()
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// Signs arbitrary claims with any algorithm and key.
+pub fn sign(
+    alg: jsonwebtoken::Algorithm,
+    key: &jsonwebtoken::EncodingKey,
+    claims: &Value,
+    kid: Option<&str>,
+) -> String {
+    let mut header = jsonwebtoken::Header::new(alg);
+    header.kid = kid.map(str::to_string);
+    jsonwebtoken::encode(&header, claims, key).unwrap()
+}
+
+pub fn hs(claims: &Value) -> String {
+    sign(jsonwebtoken::Algorithm::HS256, &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()), claims, None)
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// For echo responses: the values of a header the upstream received.
+    pub fn upstream_header(&self, name: &str) -> Vec<String> {
+        self.json()["headers"][name]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
+    }
+}
+
+pub type TestClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+pub fn h2c_client() -> TestClient {
+    Client::builder(TokioExecutor::new()).http2_only(true).build(HttpConnector::new())
+}
+
+pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+    let mut b = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(body.into())).unwrap()
+}
+
+pub async fn send(client: &TestClient, req: Request<Full<Bytes>>) -> Reply {
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .expect("request timed out")
+        .expect("request failed");
+    let (parts, body) = resp.into_parts();
+    let bytes = tokio::time::timeout(Duration::from_secs(10), body.collect())
+        .await
+        .expect("body timed out")
+        .expect("body failed")
+        .to_bytes();
+    Reply { status: parts.status, headers: parts.headers, body: String::from_utf8_lossy(&bytes).into_owned() }
+}
+
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
+    send(&client(), request("GET", url, headers, Bytes::new())).await
+}
+
+/// GET with a bearer token.
+pub async fn get_as(url: &str, token: &str) -> Reply {
+    let auth = format!("Bearer {token}");
+    get(url, &[("authorization", &auth)]).await
+}
+
+/// Writes raw bytes on a fresh connection and reads until the server closes it or `wait` passes.
+pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (String, bool) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + wait;
+    let closed = loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => break false,
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    };
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+/// The value of one series in a Prometheus text scrape (sum over lines matching every fragment).
+pub fn metric(scrape: &str, name: &str, fragments: &[&str]) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
+        .filter(|l| fragments.iter().all(|f| l.contains(f)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
