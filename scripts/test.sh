@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs tiergate's whole test suite: formatting, lints, unit and integration tests.
+# Installs what the tests need when it is missing (redis-server from Debian packages).
+# Usage: ./scripts/test.sh [extra cargo test args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "test.sh: need root to run: $*" >&2; return 1; fi
+}
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "test.sh: installing redis-server (Debian package)"
+  need_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive need_root apt-get install -y -qq redis-server >/dev/null
+fi
+# The packaged service is not needed: tests start their own redis-server processes on free ports.
+
+echo "test.sh: cargo fmt --check"
+cargo fmt --all -- --check
+echo "test.sh: cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings
+echo "test.sh: cargo test"
+cargo test --all-targets "$@"
