@@ -583,9 +583,6 @@ fn read_tls(value: Option<&toml::Value>, errors: &mut Vec<String>) -> Option<Tls
 fn read_storage(value: Option<&toml::Value>, errors: &mut Vec<String>) -> StorageConfig {
     let mut s = Section::new("storage", value, errors);
     let backend = s.choice("backend", Backend::Memory, &[("memory", Backend::Memory), ("redis", Backend::Redis)]);
-    if backend == Backend::Redis {
-        s.problem("backend", "\"redis\" is not supported by this build yet; use \"memory\"");
-    }
     let url = s.string("url", "redis://127.0.0.1:6379/0");
     let cluster_nodes = s.strings("cluster_nodes", &[]);
     let key_prefix = s.string("key_prefix", "rate_limit");
@@ -689,9 +686,6 @@ fn read_identity(value: Option<&toml::Value>, errors: &mut Vec<String>) -> Ident
     );
     let tier_source =
         s.choice("tier_source", TierSource::Claim, &[("claim", TierSource::Claim), ("redis", TierSource::Redis)]);
-    if tier_source == TierSource::Redis {
-        s.problem("tier_source", "\"redis\" is not supported by this build yet; use \"claim\"");
-    }
     let tier_cache_ttl = s.duration("tier_cache_ttl", Duration::from_secs(60));
     let user_id_header = s.header_name("user_id_header", "X-User-Id");
     let tier_header = s.header_name("tier_header", "X-User-Tier");

@@ -28,6 +28,8 @@ pub enum ProxyError {
     GatewayTimeout,
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    #[error("rate-limit storage unavailable")]
+    StorageUnavailable,
 }
 
 impl ProxyError {
@@ -39,6 +41,7 @@ impl ProxyError {
             ProxyError::BadGateway => StatusCode::BAD_GATEWAY,
             ProxyError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -48,6 +51,7 @@ impl ProxyError {
             ProxyError::Unauthorized => Some(Outcome::Unauthorized),
             ProxyError::Limited { .. } => Some(Outcome::Limited),
             ProxyError::TooLarge { .. } => Some(Outcome::TooLarge),
+            ProxyError::StorageUnavailable => Some(Outcome::StorageUnavailable),
             _ => None,
         }
     }
@@ -87,6 +91,10 @@ impl ProxyError {
             }
             ProxyError::BadGateway => problem(status, "The upstream service could not be reached."),
             ProxyError::GatewayTimeout => problem(status, "The upstream service did not answer in time."),
+            ProxyError::StorageUnavailable => {
+                retry_after = Some(1);
+                problem(status, "Rate limits cannot be checked right now; try again shortly.")
+            }
             ProxyError::BadRequest(detail) => {
                 close = true;
                 problem(status, detail)

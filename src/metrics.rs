@@ -140,7 +140,6 @@ pub struct Handles {
     duration: [Histogram; 4],
     pub upstream_duration: Histogram,
     upstream_errors: [Counter; 3],
-    pub storage_duration: Histogram,
     pub inflight: Gauge,
 }
 
@@ -163,7 +162,6 @@ impl Handles {
             upstream_duration: metrics::histogram!(UPSTREAM_DURATION),
             upstream_errors: ["connect", "timeout", "protocol"]
                 .map(|k| metrics::counter!(UPSTREAM_ERRORS, "kind" => k)),
-            storage_duration: metrics::histogram!(STORAGE_DURATION),
             inflight: metrics::gauge!(INFLIGHT),
         }
     }

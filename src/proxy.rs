@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderMap};
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -24,8 +24,9 @@ use crate::body::{Guards, InflightGuard, ProxyBody, RequestBody};
 use crate::config::Class;
 use crate::error::ProxyError;
 use crate::forward::{self, ForwardError, Upstream, UpstreamClient};
+use crate::config::TierSource;
 use crate::identity::Identity;
-use crate::limit::{Decision, Limiter};
+use crate::limit::{Decision, IdentityKey, Limiter};
 use crate::metrics::Outcome;
 use crate::server::ConnActivity;
 use crate::snapshot::Snapshot;
@@ -34,6 +35,8 @@ use crate::snapshot::Snapshot;
 pub struct Proxy {
     pub snapshot: ArcSwap<Snapshot>,
     pub limiter: Limiter,
+    /// Tiers read from Redis (`tier_source = "redis"`), for `tier_cache_ttl`.
+    pub tier_cache: TierCache,
     pub client: UpstreamClient,
     /// False once draining has begun (`/readyz` → 503).
     pub ready: AtomicBool,
@@ -108,6 +111,9 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         // 1. Framing that hyper lets through but a proxy must not (request smuggling).
         check_framing(req.headers(), &conn.activity)?;
+        if req.uri().path() == QUOTA_PATH && req.method() == Method::GET {
+            return self.quota(snap, conn, req.headers(), ctx).await;
+        }
         let upgrade = forward::is_upgrade(&req);
         let (mut parts, body) = req.into_parts();
         let client_upgrade = parts.extensions.remove::<OnUpgrade>();
@@ -144,9 +150,12 @@ impl Proxy {
             // 5. Limit. A fully unlimited plan makes no store call at all.
             let (plan, _) = tier.plan(route.class);
             if !plan.is_unlimited() {
-                let t = Instant::now();
-                let mut decision = self.limiter.check(&identity.key, plan);
-                snap.metrics.storage_duration.record(t.elapsed().as_secs_f64());
+                let fallback = tier.fallback_plan(route.class);
+                let mut decision = self
+                    .limiter
+                    .check(&identity.key, plan, fallback, route.on_error)
+                    .await
+                    .map_err(|_| ProxyError::StorageUnavailable)?;
                 lease = decision.lease.take();
                 if !decision.allowed {
                     let violated = violated_names(plan, &decision);
@@ -219,6 +228,93 @@ impl Proxy {
         Ok(Response::from_parts(parts, body))
     }
 }
+
+impl Proxy {
+    /// The caller's identity; with `tier_source = "redis"`, a user's tier comes from Redis when set.
+    async fn identify(&self, snap: &Snapshot, conn: &ConnInfo, headers: &HeaderMap) -> Result<Identity, ProxyError> {
+        let mut identity = snap.identity.identify(headers, conn.peer).map_err(|_| ProxyError::Unauthorized)?;
+        if snap.config.identity.tier_source == TierSource::Redis
+            && let IdentityKey::User(user) = &identity.key
+        {
+            let ttl = snap.config.identity.tier_cache_ttl;
+            let tier = match self.tier_cache.get(user, ttl) {
+                Some(cached) => cached,
+                None => {
+                    let fetched: Option<Arc<str>> = self.limiter.tier_override(user).await.map(Arc::from);
+                    self.tier_cache.put(user, fetched.clone());
+                    fetched
+                }
+            };
+            if let Some(index) = tier.and_then(|t| snap.identity.tiers.get(&*t).copied()) {
+                identity.tier = index;
+            }
+        }
+        Ok(identity)
+    }
+
+    /// `GET /_tiergate/quota`: every window of the caller's tier, read without consuming.
+    async fn quota(&self, snap: &Snapshot, conn: &ConnInfo, headers: &HeaderMap, ctx: &mut Ctx) -> Result<Response<ProxyBody>, ProxyError> {
+        ctx.outcome = Outcome::Exempt;
+        let identity = self.identify(snap, conn, headers).await?;
+        let tier = &snap.tiers[identity.tier];
+        let plan = &tier.quota_plan;
+        let d = if plan.is_unlimited() {
+            crate::limit::Decision::unchecked(crate::limit::Clock::System.now_ms())
+        } else {
+            self.limiter.peek(&identity.key, plan).await.map_err(|_| ProxyError::StorageUnavailable)?
+        };
+        let windows: Vec<serde_json::Value> = plan
+            .windows
+            .iter()
+            .zip(d.windows.iter())
+            .map(|(w, c)| {
+                // A peek reports what is left now: an open window's check counted this request in.
+                let remaining = if c.allowed { c.remaining + 1 } else { 0 };
+                serde_json::json!({
+                    "name": &*w.name,
+                    "limit": w.limit,
+                    "window_seconds": w.window_ms.div_ceil(1000),
+                    "remaining": remaining,
+                    "reset": c.reset_ms.div_ceil(1000),
+                })
+            })
+            .collect();
+        let mut body = serde_json::json!({ "tier": &*tier.name, "windows": windows });
+        if let Some(cap) = plan.concurrency {
+            body["concurrent"] = serde_json::json!({ "limit": cap, "in_flight": d.in_flight });
+        }
+        let mut resp = Response::new(ProxyBody::bytes(body.to_string()));
+        resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        resp.headers_mut().insert(header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+        Ok(resp)
+    }
+}
+
+/// Tiers fetched from Redis, per user, for `tier_cache_ttl` (bounded).
+#[derive(Default)]
+pub struct TierCache {
+    map: dashmap::DashMap<Arc<str>, (Option<Arc<str>>, Instant)>,
+}
+
+impl TierCache {
+    const CAPACITY: usize = 100_000;
+
+    /// `Some(tier or None)`: a fresh answer is cached (a stored miss counts as an answer).
+    fn get(&self, user: &Arc<str>, ttl: std::time::Duration) -> Option<Option<Arc<str>>> {
+        let hit = self.map.get(user)?;
+        (hit.1.elapsed() < ttl).then(|| hit.0.clone())
+    }
+
+    fn put(&self, user: &Arc<str>, tier: Option<Arc<str>>) {
+        if self.map.len() >= Self::CAPACITY {
+            self.map.clear();
+        }
+        self.map.insert(Arc::clone(user), (tier, Instant::now()));
+    }
+}
+
+/// The data-plane path tiergate answers itself.
+pub const QUOTA_PATH: &str = "/_tiergate/quota";
 
 /// Copies bytes both ways between an upgraded client and upstream connection until either closes.
 async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, guards: Guards) {

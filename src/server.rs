@@ -25,21 +25,25 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::limit::{Clock, Limiter, LocalLimiter};
+use crate::limit::{Clock, Limiter, RedisStore, Store};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::snapshot::Snapshot;
 
 /// How often idle limiter state is dropped.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
-/// A listener could not be bound.
+/// tiergate could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr} ({key}): {source}")]
-pub struct BindError {
-    pub key: &'static str,
-    pub addr: SocketAddr,
-    #[source]
-    pub source: std::io::Error,
+pub enum StartError {
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("storage: {0}")]
+    Store(#[from] crate::limit::redis::StoreError),
 }
 
 /// Per-connection activity: requests in flight (idle timeout) and what the head sniffer saw.
@@ -110,28 +114,39 @@ impl Drop for Server {
 }
 
 /// Binds both listeners and starts serving `snapshot` with a fresh in-memory store.
-pub async fn start(snapshot: Snapshot) -> Result<Server, BindError> {
+pub async fn start(snapshot: Snapshot) -> Result<Server, StartError> {
     start_with_clock(snapshot, Clock::System).await
 }
 
-pub async fn start_with_clock(snapshot: Snapshot, clock: Clock) -> Result<Server, BindError> {
+/// Installs the process's one TLS crypto provider (ring). Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+pub async fn start_with_clock(snapshot: Snapshot, clock: Clock) -> Result<Server, StartError> {
+    install_crypto_provider();
     let listen = snapshot.config.server.listen;
     let admin_listen = snapshot.config.server.admin_listen;
     let listener =
-        TcpListener::bind(listen).await.map_err(|source| BindError { key: "server.listen", addr: listen, source })?;
-    let admin = TcpListener::bind(admin_listen).await.map_err(|source| BindError {
+        TcpListener::bind(listen).await.map_err(|source| StartError::Bind { key: "server.listen", addr: listen, source })?;
+    let admin = TcpListener::bind(admin_listen).await.map_err(|source| StartError::Bind {
         key: "server.admin_listen",
         addr: admin_listen,
         source,
     })?;
-    let addr = listener.local_addr().map_err(|source| BindError { key: "server.listen", addr: listen, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind { key: "server.listen", addr: listen, source })?;
     let admin_addr =
-        admin.local_addr().map_err(|source| BindError { key: "server.admin_listen", addr: admin_listen, source })?;
+        admin.local_addr().map_err(|source| StartError::Bind { key: "server.admin_listen", addr: admin_listen, source })?;
 
     let handle = crate::metrics::install();
+    let snapshot_redis = snapshot.redis.clone();
     let proxy = Arc::new(Proxy {
         snapshot: ArcSwap::from_pointee(snapshot),
-        limiter: Limiter::Memory(LocalLimiter::new(clock)),
+        limiter: match &snapshot_redis {
+            Some(target) => Limiter::with_store(Store::Redis(RedisStore::start(target)?), clock, target.timeout),
+            None => Limiter::memory(clock),
+        },
+        tier_cache: crate::proxy::TierCache::default(),
         client: crate::forward::client(),
         ready: std::sync::atomic::AtomicBool::new(true),
     });

@@ -15,10 +15,10 @@ use http::{HeaderName, HeaderValue};
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 
-use crate::config::{Algorithm as LimitAlgorithm, Class, Config, ConfigErrors, TierConfig, format_duration};
+use crate::config::{Algorithm as LimitAlgorithm, Backend, Class, Config, ConfigErrors, TierConfig, TierSource, format_duration};
 use crate::headers::{Decorator, policy_header};
 use crate::identity::{Verifier, VerifyKey};
-use crate::limit::{Plan, WindowSpec};
+use crate::limit::{Plan, RedisTarget, WindowSpec};
 use crate::metrics::Handles;
 use crate::route::{Route, RouteTable};
 
@@ -53,7 +53,11 @@ pub struct Tier {
     pub header: HeaderValue,
     /// Indexed by `Class as usize` for general, api, data_export.
     pub plans: [Plan; 3],
+    /// The same plans with every limit divided by `storage.local_share_divisor` (degraded mode).
+    pub fallback_plans: [Plan; 3],
     pub policies: [Option<HeaderValue>; 3],
+    /// Every window of the tier and its concurrency cap (the quota endpoint).
+    pub quota_plan: Plan,
     /// `file_upload_size_mb` in bytes; `None`: no cap.
     pub upload_cap: Option<u64>,
 }
@@ -63,6 +67,10 @@ impl Tier {
     pub fn plan(&self, class: Class) -> (&Plan, Option<&HeaderValue>) {
         let i = (class as usize).min(2);
         (&self.plans[i], self.policies[i].as_ref())
+    }
+
+    pub fn fallback_plan(&self, class: Class) -> &Plan {
+        &self.fallback_plans[(class as usize).min(2)]
     }
 }
 
@@ -77,6 +85,8 @@ pub struct Snapshot {
     pub metrics: Handles,
     pub user_id_header: HeaderName,
     pub tier_header: HeaderName,
+    /// Where the Redis store connects (`REDIS_URL` overrides `storage.url`); `None`: memory store.
+    pub redis: Option<RedisTarget>,
 }
 
 impl Snapshot {
@@ -84,7 +94,8 @@ impl Snapshot {
     pub fn compile(config: Config, secrets: &Secrets) -> Result<Snapshot, ConfigErrors> {
         let mut errors = Vec::new();
 
-        let tiers: Vec<Tier> = config.tiers.iter().map(|t| compile_tier(t, config.storage.algorithm)).collect();
+        let divisor = config.storage.local_share_divisor;
+        let tiers: Vec<Tier> = config.tiers.iter().map(|t| compile_tier(t, config.storage.algorithm, divisor)).collect();
         let tier_index: HashMap<String, usize> =
             tiers.iter().enumerate().map(|(i, t)| (t.name.to_string(), i)).collect();
         let index_of = |name: &str| tier_index.get(name).copied().unwrap_or(0);
@@ -129,6 +140,8 @@ impl Snapshot {
                 }
             };
 
+        let redis = compile_redis(&config, secrets, &mut errors);
+
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -143,6 +156,7 @@ impl Snapshot {
             metrics,
             user_id_header: config.identity.user_id_header.clone(),
             tier_header: config.identity.tier_header.clone(),
+            redis,
             tiers,
             config,
         })
@@ -202,7 +216,7 @@ impl Snapshot {
     }
 }
 
-fn compile_tier(t: &TierConfig, algorithm: LimitAlgorithm) -> Tier {
+fn compile_tier(t: &TierConfig, algorithm: LimitAlgorithm, divisor: u64) -> Tier {
     let window = |name: &str, limit: i64, secs: u64| {
         (limit >= 0).then(|| WindowSpec { name: Arc::from(name), limit: limit as u64, window_ms: secs * 1000 })
     };
@@ -234,13 +248,64 @@ fn compile_tier(t: &TierConfig, algorithm: LimitAlgorithm) -> Tier {
     };
     let plans = [plan_for(Class::General), plan_for(Class::Api), plan_for(Class::DataExport)];
     let policies = [policy_header(&plans[0]), policy_header(&plans[1]), policy_header(&plans[2])];
+    // Degraded mode: each replica gets its share; a positive limit never rounds down to zero.
+    let share = |p: &Plan| Plan {
+        algorithm: p.algorithm,
+        windows: p.windows.iter().map(|w| WindowSpec { limit: w.limit.div_ceil(divisor.max(1)), ..w.clone() }).collect(),
+        concurrency: p.concurrency.map(|c| c.div_ceil(divisor.max(1))),
+    };
+    let fallback_plans = [share(&plans[0]), share(&plans[1]), share(&plans[2])];
+    let mut quota_plan = Plan { algorithm, windows: Vec::new(), concurrency };
+    for p in &plans {
+        for w in &p.windows {
+            if !quota_plan.windows.iter().any(|q| q.name == w.name) {
+                quota_plan.windows.push(w.clone());
+            }
+        }
+    }
     Tier {
         name: Arc::from(t.name.as_str()),
         header: HeaderValue::from_str(&t.name).unwrap_or(HeaderValue::from_static("unknown")),
         plans,
+        fallback_plans,
         policies,
+        quota_plan,
         upload_cap: (t.file_upload_size_mb >= 0).then(|| (t.file_upload_size_mb as u64).saturating_mul(MIB)),
     }
+}
+
+/// The Redis connection settings, checked (URLs parse) but not connected: a missing Redis must
+/// not stop tiergate from starting.
+fn compile_redis(config: &Config, secrets: &Secrets, errors: &mut Vec<String>) -> Option<RedisTarget> {
+    let st = &config.storage;
+    if st.backend != Backend::Redis {
+        if config.identity.tier_source == TierSource::Redis {
+            errors.push("identity.tier_source: \"redis\" needs storage.backend = \"redis\"".into());
+        }
+        return None;
+    }
+    let (url, key) = match secrets.get("REDIS_URL").filter(|u| !u.is_empty()) {
+        Some(u) => (u, "REDIS_URL (environment)"),
+        None => (st.url.clone(), "storage.url"),
+    };
+    if st.cluster_nodes.is_empty() {
+        if let Err(e) = redis::Client::open(url.as_str()) {
+            errors.push(format!("{key}: not a Redis URL like \"redis://127.0.0.1:6379/0\": {e}"));
+        }
+    } else {
+        for (i, node) in st.cluster_nodes.iter().enumerate() {
+            if let Err(e) = redis::Client::open(node.as_str()) {
+                errors.push(format!("storage.cluster_nodes[{i}]: not a Redis URL like \"redis://10.0.0.5:6379\": {e}"));
+            }
+        }
+    }
+    Some(RedisTarget {
+        url,
+        cluster_nodes: st.cluster_nodes.clone(),
+        key_prefix: st.key_prefix.clone(),
+        timeout: st.timeout,
+        lease_ttl: st.lease_ttl,
+    })
 }
 
 /// The keys tokens may be verified with, one per configured source, each with the algorithms it may

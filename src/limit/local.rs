@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use dashmap::DashMap;
 
-use super::{Algorithm, Binding, Clock, Decision, IdentityKey, MAX_WINDOWS, Plan, WindowSpec};
+use super::{Algorithm, Check, Clock, Decision, IdentityKey, Lease, MAX_WINDOWS, Plan, Tally, WindowSpec};
 
 /// Buckets per window in the sliding log.
 const BUCKETS_PER_WINDOW: u64 = 60;
@@ -55,7 +55,7 @@ struct IdentityState {
 
 /// A concurrency slot; returned when dropped (response body finished or the client went away).
 #[derive(Debug)]
-pub struct Lease {
+pub struct LocalLease {
     entry: Arc<Entry>,
 }
 
@@ -65,7 +65,7 @@ impl std::fmt::Debug for Entry {
     }
 }
 
-impl Drop for Lease {
+impl Drop for LocalLease {
     fn drop(&mut self) {
         let mut st = self.entry.lock();
         st.inflight = st.inflight.saturating_sub(1);
@@ -86,17 +86,6 @@ struct SlidingLog {
     /// (bucket end ms, count), oldest first.
     buckets: VecDeque<(u64, u64)>,
     total: u64,
-}
-
-/// What one window says about admitting one more request now.
-#[derive(Clone, Copy, Debug)]
-struct Check {
-    allowed: bool,
-    /// After admission when allowed; as it stands when refused.
-    remaining: u64,
-    reset_ms: u64,
-    /// When refused: epoch ms at which there is room.
-    retry_at_ms: u64,
 }
 
 impl Window {
@@ -253,9 +242,18 @@ impl LocalLimiter {
         // Fast path: shard read lock. Miss: insert under the write lock, then read again.
         loop {
             if let Some(entry) = self.entries.get(key) {
-                return decide(&entry, now, plan);
+                return decide(&entry, now, plan, true);
             }
             self.entries.entry(key.clone()).or_default();
+        }
+    }
+
+    /// The windows as they stand, consuming nothing (an unknown identity is not stored).
+    pub fn peek(&self, key: &IdentityKey, plan: &Plan) -> Decision {
+        let now = self.clock.now_ms();
+        match self.entries.get(key) {
+            Some(entry) => decide(&entry, now, plan, false),
+            None => decide(&Arc::new(Entry::default()), now, plan, false),
         }
     }
 
@@ -271,70 +269,31 @@ impl LocalLimiter {
     }
 }
 
-fn decide(entry: &Arc<Entry>, now: u64, plan: &Plan) -> Decision {
+fn decide(entry: &Arc<Entry>, now: u64, plan: &Plan, take: bool) -> Decision {
     let mut st = entry.lock();
     let mut slots = [0usize; MAX_WINDOWS];
-    let mut allowed = true;
-    let mut violated = 0u64;
-    let mut retry_at_ms = 0u64;
-    let mut binding: Option<(Binding, BindingRank)> = None;
-
+    let mut tally = Tally::new(now);
     for (i, spec) in plan.windows.iter().take(MAX_WINDOWS).enumerate() {
         let slot = st.slot(spec, plan.algorithm);
         slots[i] = slot;
         let c = st.windows[slot].1.check(now, spec);
-        if !c.allowed {
-            allowed = false;
-            violated |= 1 << i;
-            retry_at_ms = retry_at_ms.max(c.retry_at_ms);
-        }
-        // The binding window: a full one before any open one; then fewest remaining; then shortest.
-        let rank = (!c.allowed, std::cmp::Reverse(c.remaining), std::cmp::Reverse(spec.window_ms));
-        if binding.as_ref().is_none_or(|(_, best)| rank > *best) {
-            let b = Binding { window: Some(i), limit: spec.limit, remaining: c.remaining, reset_ms: c.reset_ms };
-            binding = Some((b, rank));
+        tally.add(i, spec, c);
+        if !take {
+            tally.keep(c);
         }
     }
-
-    let mut concurrency_violated = false;
-    if let Some(cap) = plan.concurrency
-        && st.inflight >= cap
-    {
-        concurrency_violated = true;
-        if allowed {
-            // Only the cap refused: it is the binding limit. One second is the honest retry hint:
-            // a slot frees when some response ends, which we cannot predict.
-            let b = Binding { window: None, limit: cap, remaining: 0, reset_ms: now + 1000 };
-            binding = Some((b, (true, std::cmp::Reverse(0), std::cmp::Reverse(0))));
-            retry_at_ms = now + 1000;
-        }
-        allowed = false;
-    }
-
-    let mut lease = None;
-    if allowed {
+    let mut decision = tally.finish(plan.concurrency.map(|cap| (cap, st.inflight)));
+    if decision.allowed && take {
         for (i, spec) in plan.windows.iter().take(MAX_WINDOWS).enumerate() {
             st.windows[slots[i]].1.commit(now, spec);
         }
         if plan.concurrency.is_some() {
             st.inflight += 1;
-            lease = Some(Lease { entry: Arc::clone(entry) });
+            decision.lease = Some(Lease::Local(LocalLease { entry: Arc::clone(entry) }));
         }
     }
-
-    Decision {
-        now_ms: now,
-        allowed,
-        violated,
-        concurrency_violated,
-        retry_at_ms,
-        binding: binding.map(|(b, _)| b),
-        lease,
-    }
+    decision
 }
-
-/// Orders candidate binding windows: (full, fewer remaining, shorter window); the greatest binds.
-type BindingRank = (bool, std::cmp::Reverse<u64>, std::cmp::Reverse<u64>);
 
 impl IdentityState {
     /// Index of the state for `spec`'s window, created (or reset, if the algorithm changed) as needed.

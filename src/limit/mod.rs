@@ -1,23 +1,29 @@
 //! Limits: what a request may consume, and the decision the store returns.
 //!
 //! A [`Plan`] (compiled per tier × class in the snapshot) lists the rate windows that apply and the
-//! concurrency cap. The [`Limiter`] is the one storage seam: today it has the in-memory backend
-//! ([`local`]); the Redis backend plugs in beside it with the same semantics. The limiter outlives
+//! concurrency cap. The [`Limiter`] is the one storage seam, over the in-memory store ([`local`]) or
+//! Redis ([`redis`]), both with the same semantics; it applies the failure policy in one place. The limiter outlives
 //! config snapshots, so counters survive a reload: windows are keyed by their *name*, and a changed
 //! limit applies to the count already in the window.
 //!
 //! Admission is all-or-nothing: every window and the concurrency cap are checked under one lock, and
 //! only if all have room is anything consumed. A refused request consumes nothing.
 
+pub mod breaker;
 pub mod local;
+pub mod negative;
+pub mod redis;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use crate::config::Algorithm;
-pub use local::{Lease, LocalLimiter};
+pub use crate::config::{Algorithm, OnError};
+pub use breaker::Breaker;
+pub use local::{LocalLease, LocalLimiter};
+pub use negative::NegativeCache;
+pub use redis::{RedisLease, RedisStore, RedisTarget};
 
 /// Most rate windows one plan may carry (4 named + 32 custom, with room to spare).
 pub const MAX_WINDOWS: usize = 40;
@@ -103,20 +109,37 @@ pub struct Binding {
     pub reset_ms: u64,
 }
 
+/// What one window says about admitting one more request now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Check {
+    pub allowed: bool,
+    /// After admission when allowed; as it stands (0) when refused.
+    pub remaining: u64,
+    pub reset_ms: u64,
+    /// When refused: epoch ms at which there is room.
+    pub retry_at_ms: u64,
+}
+
 /// The store's answer for one request.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Decision {
     pub now_ms: u64,
     pub allowed: bool,
     /// Bit `i` set: window `i` of the plan is full.
     pub violated: u64,
+    /// Each full window and the epoch ms at which it has room (refusals only).
+    pub window_retry: Vec<(u16, u64)>,
     /// The concurrency cap refused the request.
     pub concurrency_violated: bool,
+    /// Requests of this identity in flight when decided (before this one).
+    pub in_flight: u64,
     /// Epoch ms at which every violated window has room again (refusals only).
     pub retry_at_ms: u64,
     pub binding: Option<Binding>,
     /// Held while the request is in flight (only when the plan has a concurrency cap and it was admitted).
     pub lease: Option<Lease>,
+    /// Per window as checked (for the quota endpoint), in plan order.
+    pub windows: Vec<Check>,
 }
 
 impl Decision {
@@ -124,24 +147,232 @@ impl Decision {
     pub fn retry_after_secs(&self) -> u64 {
         self.retry_at_ms.saturating_sub(self.now_ms).div_ceil(1000).max(1)
     }
+
+    /// An admission that no store was asked about (`on_error = "allow"`): no headers to show.
+    pub fn unchecked(now_ms: u64) -> Decision {
+        Decision { now_ms, allowed: true, ..Decision::default() }
+    }
 }
 
-/// The storage seam: one type, one backend per variant.
-pub enum Limiter {
-    Memory(LocalLimiter),
+/// Orders candidate binding windows: (full, fewer remaining, shorter window); the greatest binds.
+type Rank = (bool, std::cmp::Reverse<u64>, std::cmp::Reverse<u64>);
+
+/// Folds per-window checks into a [`Decision`]: the same rules for every store.
+pub struct Tally {
+    now_ms: u64,
+    allowed: bool,
+    violated: u64,
+    window_retry: Vec<(u16, u64)>,
+    retry_at_ms: u64,
+    binding: Option<(Binding, Rank)>,
+    windows: Vec<Check>,
+}
+
+impl Tally {
+    pub fn new(now_ms: u64) -> Tally {
+        Tally {
+            now_ms,
+            allowed: true,
+            violated: 0,
+            window_retry: Vec::new(),
+            retry_at_ms: 0,
+            binding: None,
+            windows: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, i: usize, spec: &WindowSpec, c: Check) {
+        if !c.allowed {
+            self.allowed = false;
+            if i < 64 {
+                self.violated |= 1 << i;
+            }
+            self.window_retry.push((i as u16, c.retry_at_ms));
+            self.retry_at_ms = self.retry_at_ms.max(c.retry_at_ms);
+        }
+        // The binding window: a full one before any open one; then fewest remaining; then shortest.
+        let rank = (!c.allowed, std::cmp::Reverse(c.remaining), std::cmp::Reverse(spec.window_ms));
+        if self.binding.as_ref().is_none_or(|(_, best)| rank > *best) {
+            let b = Binding { window: Some(i), limit: spec.limit, remaining: c.remaining, reset_ms: c.reset_ms };
+            self.binding = Some((b, rank));
+        }
+    }
+
+    /// Records every check (peek mode wants them all).
+    pub fn keep(&mut self, c: Check) {
+        self.windows.push(c);
+    }
+
+    /// `concurrency`: (cap, requests already in flight).
+    pub fn finish(mut self, concurrency: Option<(u64, u64)>) -> Decision {
+        let mut concurrency_violated = false;
+        if let Some((cap, in_flight)) = concurrency
+            && in_flight >= cap
+        {
+            concurrency_violated = true;
+            if self.allowed {
+                // Only the cap refused: it is the binding limit. One second is the honest retry hint:
+                // a slot frees when some response ends, which nobody can predict.
+                let b = Binding { window: None, limit: cap, remaining: 0, reset_ms: self.now_ms + 1000 };
+                self.binding = Some((b, (true, std::cmp::Reverse(0), std::cmp::Reverse(0))));
+                self.retry_at_ms = self.now_ms + 1000;
+            }
+            self.allowed = false;
+        }
+        Decision {
+            now_ms: self.now_ms,
+            allowed: self.allowed,
+            violated: self.violated,
+            window_retry: self.window_retry,
+            concurrency_violated,
+            in_flight: concurrency.map_or(0, |(_, n)| n),
+            retry_at_ms: self.retry_at_ms,
+            binding: self.binding.map(|(b, _)| b),
+            lease: None,
+            windows: self.windows,
+        }
+    }
+}
+
+/// A concurrency slot, in whichever store granted it; released when dropped.
+#[derive(Debug)]
+pub enum Lease {
+    Local(LocalLease),
+    Redis(RedisLease),
+}
+
+/// The storage is down and the route's policy is `deny`: 503.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("rate-limit storage unavailable")]
+pub struct StorageUnavailable;
+
+/// Where counters live.
+pub enum Store {
+    Memory,
+    Redis(RedisStore),
+}
+
+/// The one entry point for limit decisions. For the Redis store it owns the failure policy: the
+/// negative cache first (no call for a caller already refused), the breaker (no call to a store known
+/// to be down), the deadline on every call, and what `on_error` means when the store cannot answer.
+pub struct Limiter {
+    store: Store,
+    /// The memory store; for Redis, the degraded-mode limiter behind `on_error = "local"`.
+    local: LocalLimiter,
+    breaker: Breaker,
+    negative: NegativeCache,
+    timeout: Duration,
+    duration: metrics::Histogram,
 }
 
 impl Limiter {
-    pub fn check(&self, key: &IdentityKey, plan: &Plan) -> Decision {
-        match self {
-            Limiter::Memory(m) => m.check(key, plan),
+    pub fn memory(clock: Clock) -> Limiter {
+        Limiter::with_store(Store::Memory, clock, Duration::from_millis(50))
+    }
+
+    pub fn with_store(store: Store, clock: Clock, timeout: Duration) -> Limiter {
+        crate::metrics::install();
+        Limiter {
+            store,
+            local: LocalLimiter::new(clock),
+            breaker: Breaker::new(metrics::gauge!(crate::metrics::STORAGE_FALLBACK)),
+            negative: NegativeCache::default(),
+            timeout,
+            duration: metrics::histogram!(crate::metrics::STORAGE_DURATION),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn local(&self) -> &LocalLimiter {
+        &self.local
+    }
+
+    pub fn negative_cache(&self) -> &NegativeCache {
+        &self.negative
+    }
+
+    /// Decides one request. `fallback` is the plan with limits divided by `local_share_divisor`.
+    pub async fn check(&self, key: &IdentityKey, plan: &Plan, fallback: &Plan, on_error: OnError) -> Result<Decision, StorageUnavailable> {
+        let Store::Redis(redis) = &self.store else {
+            let started = std::time::Instant::now();
+            let d = self.local.check(key, plan);
+            self.duration.record(started.elapsed().as_secs_f64());
+            return Ok(d);
+        };
+        if let Some(d) = self.negative.refuse(key, plan, self.local.clock().now_ms()) {
+            return Ok(d);
+        }
+        if !self.breaker.allow() {
+            return self.degraded(key, fallback, on_error);
+        }
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(self.timeout, redis.decide(key, plan, true)).await;
+        self.duration.record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(Ok(d)) => {
+                self.breaker.success();
+                self.negative.remember(key, plan, &d);
+                Ok(d)
+            }
+            Ok(Err(e)) => {
+                metrics::counter!(crate::metrics::STORAGE_ERRORS, "kind" => e.kind()).increment(1);
+                self.breaker.failure(&e.to_string());
+                self.degraded(key, fallback, on_error)
+            }
+            Err(_) => {
+                metrics::counter!(crate::metrics::STORAGE_ERRORS, "kind" => "timeout").increment(1);
+                self.breaker.failure("timeout");
+                self.degraded(key, fallback, on_error)
+            }
+        }
+    }
+
+    /// The store could not answer. The policy is decided here and only here:
+    /// `allow` keeps serving without limits (availability over accuracy), `deny` refuses (accuracy
+    /// over availability: e.g. exports that must never exceed a contract), `local` limits each
+    /// replica on its own with its share of every limit (a close approximation of both).
+    fn degraded(&self, key: &IdentityKey, fallback: &Plan, on_error: OnError) -> Result<Decision, StorageUnavailable> {
+        match on_error {
+            OnError::Allow => Ok(Decision::unchecked(self.local.clock().now_ms())),
+            OnError::Deny => Err(StorageUnavailable),
+            OnError::Local => Ok(self.local.check(key, fallback)),
+        }
+    }
+
+    /// The caller's windows without consuming anything (the quota endpoint).
+    pub async fn peek(&self, key: &IdentityKey, plan: &Plan) -> Result<Decision, StorageUnavailable> {
+        match &self.store {
+            Store::Memory => Ok(self.local.peek(key, plan)),
+            Store::Redis(redis) => match tokio::time::timeout(self.timeout, redis.decide(key, plan, false)).await {
+                Ok(Ok(d)) => Ok(d),
+                _ => Err(StorageUnavailable),
+            },
+        }
+    }
+
+    /// The tier stored for a user in Redis (`tier_source = "redis"`); `None` on a miss or an error.
+    pub async fn tier_override(&self, user: &str) -> Option<String> {
+        let Store::Redis(redis) = &self.store else { return None };
+        if !self.breaker.allow() {
+            return None;
+        }
+        match tokio::time::timeout(self.timeout, redis.tier_override(user)).await {
+            Ok(Ok(tier)) => tier,
+            _ => None,
         }
     }
 
     /// Drops idle state; called periodically.
     pub fn sweep(&self) -> usize {
-        match self {
-            Limiter::Memory(m) => m.sweep(),
-        }
+        self.negative.sweep();
+        self.local.sweep()
+    }
+
+    /// Degraded right now (decisions follow `on_error`).
+    pub fn degraded_now(&self) -> bool {
+        self.breaker.is_open()
     }
 }

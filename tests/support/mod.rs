@@ -17,6 +17,8 @@ use tiergate::snapshot::{Secrets, Snapshot};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+pub mod redis;
+
 pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
 pub const SECRET_ENV: &str = "TIERGATE_TEST_SECRET";
 
@@ -124,9 +126,7 @@ impl Gate {
     }
 
     pub fn limiter_len(&self) -> usize {
-        match &self.server.proxy.limiter {
-            tiergate::limit::Limiter::Memory(m) => m.len(),
-        }
+        self.server.proxy.limiter.local().len()
     }
 }
 

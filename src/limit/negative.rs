@@ -1,0 +1,94 @@
+//! The negative cache: when the store refuses a caller on a window, remember it here until that
+//! window has room, and refuse the caller's later requests that need the window without asking the
+//! store. Exact, because a refused request consumes nothing (all-or-nothing) and room only comes
+//! back with time: every store call in between would have said no. The deadline is taken relative
+//! to the store's own clock at the decision (never the pod clock), and an entry only matches the
+//! same window name, limit and length, so a reload that raises a limit is never answered from here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::time::Instant;
+
+use super::{Decision, IdentityKey, Plan};
+
+/// Identities remembered at most; past it, expired entries are dropped, then everything.
+const CAPACITY: usize = 100_000;
+
+#[derive(Default)]
+pub struct NegativeCache {
+    map: DashMap<IdentityKey, Vec<Refusal>>,
+}
+
+#[derive(Clone)]
+struct Refusal {
+    name: Arc<str>,
+    limit: u64,
+    window_ms: u64,
+    until: Instant,
+}
+
+impl NegativeCache {
+    /// A refusal for `plan` from memory, when one of its windows is known to be full.
+    pub fn refuse(&self, key: &IdentityKey, plan: &Plan, now_ms: u64) -> Option<Decision> {
+        let entry = self.map.get(key)?;
+        let now = Instant::now();
+        let mut tally = super::Tally::new(now_ms);
+        let mut full = false;
+        for (i, spec) in plan.windows.iter().enumerate() {
+            let hit = entry
+                .iter()
+                .find(|r| r.until > now && r.limit == spec.limit && r.window_ms == spec.window_ms && *r.name == *spec.name);
+            if let Some(r) = hit {
+                full = true;
+                let retry_at_ms = now_ms + (r.until - now).as_millis() as u64;
+                tally.add(i, spec, super::Check { allowed: false, remaining: 0, reset_ms: retry_at_ms, retry_at_ms });
+            }
+        }
+        if !full {
+            return None;
+        }
+        // Only the windows known to be full are reported: the others were not asked.
+        Some(tally.finish(None))
+    }
+
+    /// Remembers the full windows of a refusal the store just made.
+    pub fn remember(&self, key: &IdentityKey, plan: &Plan, d: &Decision) {
+        if d.allowed || d.window_retry.is_empty() {
+            return;
+        }
+        if self.map.len() >= CAPACITY {
+            self.sweep();
+            if self.map.len() >= CAPACITY {
+                self.map.clear();
+            }
+        }
+        let now = Instant::now();
+        let mut entry = self.map.entry(key.clone()).or_default();
+        entry.retain(|r| r.until > now);
+        for &(i, retry_at_ms) in &d.window_retry {
+            let Some(spec) = plan.windows.get(i as usize) else { continue };
+            let until = now + Duration::from_millis(retry_at_ms.saturating_sub(d.now_ms));
+            entry.retain(|r| *r.name != *spec.name);
+            entry.push(Refusal { name: Arc::clone(&spec.name), limit: spec.limit, window_ms: spec.window_ms, until });
+        }
+    }
+
+    /// Drops what has expired.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        self.map.retain(|_, v| {
+            v.retain(|r| r.until > now);
+            !v.is_empty()
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}

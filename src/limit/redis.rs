@@ -1,0 +1,345 @@
+//! The Redis store: counters every replica shares, one atomic round trip per decision.
+//!
+//! One Lua script (`redis.lua`, loaded once, called by EVALSHA, reloaded on NOSCRIPT by redis-rs's
+//! `Script`) reads every window of the identity with one `MGET`, checks the concurrency lease set,
+//! and writes only if everything has room (all-or-nothing). Time is Redis `TIME`, never the pod clock,
+//! so replicas with skewed clocks agree. Keys share one hash tag per identity,
+//! `{prefix}:{<identity>}:<window>`, so the script works on Redis Cluster; every key gets a TTL
+//! (the moment its data stops mattering), lease sets included.
+//!
+//! Cost per decision (3 windows, sliding log, admitted): `TIME`, `MGET`, 3 × `SET … PX`; refused: `TIME`
+//! and `MGET` only. Memory per (identity, window): at most 62 buckets of `end:count` text (~1.5 KiB).
+//!
+//! Concurrency leases: a sorted set of request ids scored by expiry. The script drops expired ones,
+//! counts, and adds ours; a background task renews every in-flight lease every `lease_ttl / 3` (one
+//! shared timer), and a release task removes a lease when its response ends. A crashed sidecar's
+//! leases simply expire.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
+use tokio::sync::mpsc;
+
+use super::{Check, Decision, IdentityKey, Plan, Tally};
+use crate::config::Algorithm;
+
+const SCRIPT: &str = include_str!("redis.lua");
+
+const RENEW: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+local exp = string.format('%.0f', now + tonumber(ARGV[2]))
+local args = {'XX'}
+for i = 3, #ARGV do args[#args + 1] = exp; args[#args + 1] = ARGV[i] end
+redis.call('ZADD', KEYS[1], unpack(args))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+";
+
+/// Why a storage call failed (the `kind` label of `tiergate_storage_errors_total`).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not connected to redis yet")]
+    NotConnected,
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("unexpected reply from the limit script")]
+    BadReply,
+}
+
+impl StoreError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::NotConnected => "connect",
+            StoreError::Redis(e) if e.is_timeout() => "timeout",
+            StoreError::Redis(e) if e.is_connection_refusal() || e.is_io_error() || e.is_connection_dropped() => "connect",
+            StoreError::Redis(_) => "redis",
+            StoreError::BadReply => "reply",
+        }
+    }
+}
+
+/// A connection to one Redis or a Redis Cluster (both pipeline concurrent calls over shared sockets).
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    async fn invoke<T: redis::FromRedisValue>(&mut self, inv: &redis::ScriptInvocation<'_>) -> redis::RedisResult<T> {
+        match self {
+            Conn::Single(c) => inv.invoke_async(c).await,
+            Conn::Cluster(c) => inv.invoke_async(c).await,
+        }
+    }
+
+    async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        match self {
+            Conn::Single(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+}
+
+/// Where to connect.
+#[derive(Clone, Debug)]
+pub struct RedisTarget {
+    /// One Redis (`redis://` or `rediss://`), used when `cluster_nodes` is empty.
+    pub url: String,
+    pub cluster_nodes: Vec<String>,
+    pub key_prefix: String,
+    pub timeout: Duration,
+    pub lease_ttl: Duration,
+}
+
+pub struct RedisStore {
+    conn: Arc<ArcSwapOption<Conn>>,
+    script: redis::Script,
+    key_prefix: String,
+    lease_ttl_ms: u64,
+    leases: Arc<LeaseBook>,
+    /// Added to Redis time inside the script: lets tests move time. Always 0 in production.
+    time_offset_ms: Arc<AtomicI64>,
+    member_seq: AtomicU64,
+    instance: u64,
+}
+
+/// Leases in flight on this replica, for renewal; releases go to a background task.
+struct LeaseBook {
+    live: Mutex<HashMap<String, HashSet<String>>>,
+    release: mpsc::UnboundedSender<(String, String)>,
+}
+
+/// A concurrency slot in Redis; dropping it releases the slot.
+#[derive(Debug)]
+pub struct RedisLease {
+    book: Arc<LeaseBookHandle>,
+    key: String,
+    member: String,
+}
+
+/// The part of the lease book a lease needs (keeps `RedisLease: Debug` without exposing internals).
+pub struct LeaseBookHandle(Arc<LeaseBook>);
+
+impl std::fmt::Debug for LeaseBookHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LeaseBook")
+    }
+}
+
+impl Drop for RedisLease {
+    fn drop(&mut self) {
+        let book = &self.book.0;
+        if let Ok(mut live) = book.live.lock()
+            && let Some(set) = live.get_mut(&self.key)
+        {
+            set.remove(&self.member);
+            if set.is_empty() {
+                live.remove(&self.key);
+            }
+        }
+        let _ = book.release.send((std::mem::take(&mut self.key), std::mem::take(&mut self.member)));
+    }
+}
+
+impl RedisStore {
+    /// Creates the store and its background tasks. Never waits for Redis: a missing Redis is a
+    /// degraded mode, not a crash loop.
+    pub fn start(target: &RedisTarget) -> Result<RedisStore, StoreError> {
+        let conn: Arc<ArcSwapOption<Conn>> = Arc::new(ArcSwapOption::empty());
+        if target.cluster_nodes.is_empty() {
+            let client = redis::Client::open(target.url.as_str())?;
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(target.timeout.max(Duration::from_millis(200))))
+                .set_response_timeout(Some(target.timeout.max(Duration::from_millis(100))))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_millis(500));
+            let manager = ConnectionManager::new_lazy_with_config(client, config)?;
+            conn.store(Some(Arc::new(Conn::Single(manager))));
+        } else {
+            let client = redis::cluster::ClusterClient::builder(target.cluster_nodes.clone())
+                .connection_timeout(target.timeout.max(Duration::from_millis(200)))
+                .response_timeout(target.timeout.max(Duration::from_millis(100)))
+                .retries(1)
+                .build()?;
+            let slot = Arc::clone(&conn);
+            tokio::spawn(async move {
+                let mut backoff = Duration::from_millis(100);
+                loop {
+                    match client.get_async_connection().await {
+                        Ok(c) => {
+                            slot.store(Some(Arc::new(Conn::Cluster(c))));
+                            tracing::info!("connected to the redis cluster");
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "redis cluster not reachable yet; retrying");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(2));
+                        }
+                    }
+                }
+            });
+        }
+
+        let (release, releases) = mpsc::unbounded_channel();
+        let leases = Arc::new(LeaseBook { live: Mutex::new(HashMap::new()), release });
+        let time_offset_ms = Arc::new(AtomicI64::new(0));
+        let lease_ttl_ms = target.lease_ttl.as_millis().max(1000) as u64;
+        tokio::spawn(release_task(Arc::clone(&conn), releases));
+        tokio::spawn(renew_task(Arc::clone(&conn), Arc::downgrade(&leases), lease_ttl_ms, Arc::clone(&time_offset_ms)));
+
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(std::process::id() as u64);
+        Ok(RedisStore {
+            conn,
+            script: redis::Script::new(SCRIPT),
+            key_prefix: target.key_prefix.clone(),
+            lease_ttl_ms,
+            leases,
+            time_offset_ms,
+            member_seq: AtomicU64::new(0),
+            instance: h.finish(),
+        })
+    }
+
+    /// Moves the store's notion of time (tests only; production never calls it).
+    pub fn set_time_offset_ms(&self, ms: i64) {
+        self.time_offset_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn conn(&self) -> Result<Conn, StoreError> {
+        self.conn.load_full().map(|c| (*c).clone()).ok_or(StoreError::NotConnected)
+    }
+
+    /// `{prefix}:{<identity>}:<window>`
+    pub fn key(&self, identity: &IdentityKey, window: &str) -> String {
+        format!("{}:{{{identity}}}:{window}", self.key_prefix)
+    }
+
+    /// One decision: consume (`take`) or only look (`peek`). The lease, if any, is attached.
+    pub async fn decide(&self, identity: &IdentityKey, plan: &Plan, take: bool) -> Result<Decision, StoreError> {
+        let mut conn = self.conn()?;
+        let mut inv = self.script.prepare_invoke();
+        for w in &plan.windows {
+            inv.key(self.key(identity, &w.name));
+        }
+        let lease_key = plan.concurrency.map(|_| self.key(identity, crate::headers::CONCURRENT));
+        if let Some(k) = &lease_key {
+            inv.key(k.as_str());
+        }
+        let member = format!("{:016x}-{}", self.instance, self.member_seq.fetch_add(1, Ordering::Relaxed));
+        let alg = match plan.algorithm {
+            Algorithm::SlidingLog => 1,
+            Algorithm::Gcra => 2,
+            Algorithm::FixedWindow => 3,
+        };
+        inv.arg(if take { "take" } else { "peek" })
+            .arg(alg)
+            .arg(plan.windows.len())
+            .arg(self.time_offset_ms.load(Ordering::Relaxed))
+            .arg(plan.concurrency.map_or(-1, |c| c as i64))
+            .arg(self.lease_ttl_ms)
+            .arg(member.as_str());
+        for w in &plan.windows {
+            inv.arg(w.limit).arg(w.window_ms);
+        }
+        let reply: Result<Vec<i64>, _> = conn.invoke(&inv).await;
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) => {
+                // The script may have run before the failure: never leave a slot we do not hold.
+                if let (true, Some(k)) = (take, &lease_key) {
+                    let _ = self.leases.release.send((k.clone(), member));
+                }
+                return Err(e.into());
+            }
+        };
+        if reply.len() != 4 + 3 * plan.windows.len() {
+            return Err(StoreError::BadReply);
+        }
+        let now = reply[1].max(0) as u64;
+        let mut tally = Tally::new(now);
+        for (i, spec) in plan.windows.iter().enumerate() {
+            let r = &reply[4 + 3 * i..7 + 3 * i];
+            let (remaining, reset_ms, retry_at_ms) = (r[0].max(0) as u64, r[1].max(0) as u64, r[2].max(0) as u64);
+            let allowed = reply[0] == 1 || retry_at_ms == 0;
+            tally.add(i, spec, Check { allowed, remaining, reset_ms, retry_at_ms });
+        }
+        let in_flight = reply[3].max(0) as u64;
+        let mut decision = tally.finish(plan.concurrency.map(|cap| (cap, in_flight)));
+        decision.in_flight = in_flight;
+        if take
+            && decision.allowed
+            && let Some(key) = lease_key
+        {
+            if let Ok(mut live) = self.leases.live.lock() {
+                live.entry(key.clone()).or_default().insert(member.clone());
+            }
+            decision.lease =
+                Some(super::Lease::Redis(RedisLease { book: Arc::new(LeaseBookHandle(Arc::clone(&self.leases))), key, member }));
+        }
+        Ok(decision)
+    }
+
+    /// `GET user_tier:{user}`: the tier override, if one is stored.
+    pub async fn tier_override(&self, user: &str) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn()?;
+        Ok(conn.query(redis::cmd("GET").arg(format!("user_tier:{user}"))).await?)
+    }
+}
+
+/// Removes released leases, batching whatever has queued up.
+async fn release_task(conn: Arc<ArcSwapOption<Conn>>, mut releases: mpsc::UnboundedReceiver<(String, String)>) {
+    let mut batch: HashMap<String, Vec<String>> = HashMap::new();
+    while let Some((key, member)) = releases.recv().await {
+        batch.entry(key).or_default().push(member);
+        while let Ok((key, member)) = releases.try_recv() {
+            batch.entry(key).or_default().push(member);
+        }
+        let Some(c) = conn.load_full() else {
+            batch.clear(); // not connected: the leases expire on their own
+            continue;
+        };
+        let mut c = (*c).clone();
+        for (key, members) in batch.drain() {
+            let mut cmd = redis::cmd("ZREM");
+            cmd.arg(&key).arg(&members);
+            let released = tokio::time::timeout(Duration::from_secs(1), c.query::<i64>(&cmd)).await;
+            if !matches!(released, Ok(Ok(_))) {
+                tracing::debug!(key, "lease release failed; it will expire by its TTL");
+            }
+        }
+    }
+}
+
+/// Every `lease_ttl / 3`, pushes the expiry of every lease still in flight on this replica.
+async fn renew_task(conn: Arc<ArcSwapOption<Conn>>, book: std::sync::Weak<LeaseBook>, ttl_ms: u64, offset: Arc<AtomicI64>) {
+    let script = redis::Script::new(RENEW);
+    let mut tick = tokio::time::interval(Duration::from_millis((ttl_ms / 3).max(100)));
+    loop {
+        tick.tick().await;
+        let Some(book) = book.upgrade() else { break };
+        let live: Vec<(String, Vec<String>)> = match book.live.lock() {
+            Ok(live) => live.iter().map(|(k, v)| (k.clone(), v.iter().cloned().collect())).collect(),
+            Err(_) => continue,
+        };
+        drop(book);
+        let Some(c) = conn.load_full() else { continue };
+        let mut c = (*c).clone();
+        for (key, members) in live {
+            let mut inv = script.key(&key);
+            inv.arg(offset.load(Ordering::Relaxed)).arg(ttl_ms).arg(&members);
+            if !matches!(tokio::time::timeout(Duration::from_secs(1), c.invoke::<i64>(&inv)).await, Ok(Ok(_))) {
+                tracing::debug!(key, "lease renewal failed");
+            }
+        }
+    }
+}
