@@ -22,9 +22,9 @@ use hyper_util::rt::TokioIo;
 
 use crate::body::{Guards, InflightGuard, ProxyBody, RequestBody};
 use crate::config::Class;
+use crate::config::TierSource;
 use crate::error::ProxyError;
 use crate::forward::{self, ForwardError, Upstream, UpstreamClient};
-use crate::config::TierSource;
 use crate::identity::Identity;
 use crate::limit::{Decision, IdentityKey, Limiter};
 use crate::metrics::Outcome;
@@ -131,8 +131,7 @@ impl Proxy {
             ctx.outcome = Outcome::Exempt;
         } else {
             // 3. Identify.
-            let identity: Identity =
-                snap.identity.identify(&parts.headers, conn.peer).map_err(|_| ProxyError::Unauthorized)?;
+            let identity = self.identify(snap, conn, &parts.headers).await?;
             let tier = &snap.tiers[identity.tier];
             ctx.tier = Some(identity.tier);
 
@@ -253,7 +252,13 @@ impl Proxy {
     }
 
     /// `GET /_tiergate/quota`: every window of the caller's tier, read without consuming.
-    async fn quota(&self, snap: &Snapshot, conn: &ConnInfo, headers: &HeaderMap, ctx: &mut Ctx) -> Result<Response<ProxyBody>, ProxyError> {
+    async fn quota(
+        &self,
+        snap: &Snapshot,
+        conn: &ConnInfo,
+        headers: &HeaderMap,
+        ctx: &mut Ctx,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         ctx.outcome = Outcome::Exempt;
         let identity = self.identify(snap, conn, headers).await?;
         let tier = &snap.tiers[identity.tier];

@@ -127,16 +127,23 @@ pub async fn start_with_clock(snapshot: Snapshot, clock: Clock) -> Result<Server
     install_crypto_provider();
     let listen = snapshot.config.server.listen;
     let admin_listen = snapshot.config.server.admin_listen;
-    let listener =
-        TcpListener::bind(listen).await.map_err(|source| StartError::Bind { key: "server.listen", addr: listen, source })?;
+    let listener = TcpListener::bind(listen).await.map_err(|source| StartError::Bind {
+        key: "server.listen",
+        addr: listen,
+        source,
+    })?;
     let admin = TcpListener::bind(admin_listen).await.map_err(|source| StartError::Bind {
         key: "server.admin_listen",
         addr: admin_listen,
         source,
     })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind { key: "server.listen", addr: listen, source })?;
-    let admin_addr =
-        admin.local_addr().map_err(|source| StartError::Bind { key: "server.admin_listen", addr: admin_listen, source })?;
+    let addr =
+        listener.local_addr().map_err(|source| StartError::Bind { key: "server.listen", addr: listen, source })?;
+    let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
+        key: "server.admin_listen",
+        addr: admin_listen,
+        source,
+    })?;
 
     let handle = crate::metrics::install();
     let snapshot_redis = snapshot.redis.clone();

@@ -15,7 +15,9 @@ use http::{HeaderName, HeaderValue};
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 
-use crate::config::{Algorithm as LimitAlgorithm, Backend, Class, Config, ConfigErrors, TierConfig, TierSource, format_duration};
+use crate::config::{
+    Algorithm as LimitAlgorithm, Backend, Class, Config, ConfigErrors, TierConfig, TierSource, format_duration,
+};
 use crate::headers::{Decorator, policy_header};
 use crate::identity::{Verifier, VerifyKey};
 use crate::limit::{Plan, RedisTarget, WindowSpec};
@@ -95,7 +97,8 @@ impl Snapshot {
         let mut errors = Vec::new();
 
         let divisor = config.storage.local_share_divisor;
-        let tiers: Vec<Tier> = config.tiers.iter().map(|t| compile_tier(t, config.storage.algorithm, divisor)).collect();
+        let tiers: Vec<Tier> =
+            config.tiers.iter().map(|t| compile_tier(t, config.storage.algorithm, divisor)).collect();
         let tier_index: HashMap<String, usize> =
             tiers.iter().enumerate().map(|(i, t)| (t.name.to_string(), i)).collect();
         let index_of = |name: &str| tier_index.get(name).copied().unwrap_or(0);
@@ -251,7 +254,11 @@ fn compile_tier(t: &TierConfig, algorithm: LimitAlgorithm, divisor: u64) -> Tier
     // Degraded mode: each replica gets its share; a positive limit never rounds down to zero.
     let share = |p: &Plan| Plan {
         algorithm: p.algorithm,
-        windows: p.windows.iter().map(|w| WindowSpec { limit: w.limit.div_ceil(divisor.max(1)), ..w.clone() }).collect(),
+        windows: p
+            .windows
+            .iter()
+            .map(|w| WindowSpec { limit: w.limit.div_ceil(divisor.max(1)), ..w.clone() })
+            .collect(),
         concurrency: p.concurrency.map(|c| c.div_ceil(divisor.max(1))),
     };
     let fallback_plans = [share(&plans[0]), share(&plans[1]), share(&plans[2])];

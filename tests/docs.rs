@@ -36,9 +36,14 @@ fn key_paths(value: &toml::Value, path: &str, out: &mut BTreeSet<String>) {
 
 #[test]
 fn the_reference_parses_and_shows_the_defaults() {
-    let reference = Config::parse(&reference_block()).unwrap_or_else(|e| panic!("README reference does not parse:\n{e}"));
+    let reference =
+        Config::parse(&reference_block()).unwrap_or_else(|e| panic!("README reference does not parse:\n{e}"));
     let minimal = Config::parse("[tiers.free]\n").unwrap();
-    assert_eq!(format!("{:?}", reference.server), format!("{:?}", minimal.server), "[server] defaults differ from the README");
+    assert_eq!(
+        format!("{:?}", reference.server),
+        format!("{:?}", minimal.server),
+        "[server] defaults differ from the README"
+    );
     assert_eq!(format!("{:?}", reference.storage), format!("{:?}", minimal.storage), "[storage] defaults differ");
     assert_eq!(format!("{:?}", reference.identity), format!("{:?}", minimal.identity), "[identity] defaults differ");
     assert_eq!(format!("{:?}", reference.headers), format!("{:?}", minimal.headers), "[headers] defaults differ");
@@ -46,7 +51,8 @@ fn the_reference_parses_and_shows_the_defaults() {
 
 #[test]
 fn the_reference_names_every_key_config_toml_uses() {
-    let shipped: toml::Value = toml::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap()).unwrap();
+    let shipped: toml::Value =
+        toml::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap()).unwrap();
     let reference: toml::Value = toml::from_str(&reference_block()).unwrap();
     let (mut used, mut documented) = (BTreeSet::new(), BTreeSet::new());
     key_paths(&shipped, "", &mut used);

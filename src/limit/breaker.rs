@@ -29,7 +29,10 @@ struct State {
 impl Breaker {
     pub fn new(gauge: metrics::Gauge) -> Breaker {
         gauge.set(0.0);
-        Breaker { state: Mutex::new(State { failures: 0, open_until: None, backoff: FIRST_BACKOFF, probing: false }), gauge }
+        Breaker {
+            state: Mutex::new(State { failures: 0, open_until: None, backoff: FIRST_BACKOFF, probing: false }),
+            gauge,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

@@ -295,7 +295,13 @@ impl Limiter {
     }
 
     /// Decides one request. `fallback` is the plan with limits divided by `local_share_divisor`.
-    pub async fn check(&self, key: &IdentityKey, plan: &Plan, fallback: &Plan, on_error: OnError) -> Result<Decision, StorageUnavailable> {
+    pub async fn check(
+        &self,
+        key: &IdentityKey,
+        plan: &Plan,
+        fallback: &Plan,
+        on_error: OnError,
+    ) -> Result<Decision, StorageUnavailable> {
         let Store::Redis(redis) = &self.store else {
             let started = std::time::Instant::now();
             let d = self.local.check(key, plan);
@@ -361,7 +367,14 @@ impl Limiter {
         }
         match tokio::time::timeout(self.timeout, redis.tier_override(user)).await {
             Ok(Ok(tier)) => tier,
-            _ => None,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "tier override lookup failed; using the token's tier");
+                None
+            }
+            Err(_) => {
+                tracing::debug!("tier override lookup timed out; using the token's tier");
+                None
+            }
         }
     }
 

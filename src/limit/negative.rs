@@ -37,9 +37,9 @@ impl NegativeCache {
         let mut tally = super::Tally::new(now_ms);
         let mut full = false;
         for (i, spec) in plan.windows.iter().enumerate() {
-            let hit = entry
-                .iter()
-                .find(|r| r.until > now && r.limit == spec.limit && r.window_ms == spec.window_ms && *r.name == *spec.name);
+            let hit = entry.iter().find(|r| {
+                r.until > now && r.limit == spec.limit && r.window_ms == spec.window_ms && *r.name == *spec.name
+            });
             if let Some(r) = hit {
                 full = true;
                 let retry_at_ms = now_ms + (r.until - now).as_millis() as u64;

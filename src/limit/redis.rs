@@ -57,7 +57,9 @@ impl StoreError {
         match self {
             StoreError::NotConnected => "connect",
             StoreError::Redis(e) if e.is_timeout() => "timeout",
-            StoreError::Redis(e) if e.is_connection_refusal() || e.is_io_error() || e.is_connection_dropped() => "connect",
+            StoreError::Redis(e) if e.is_connection_refusal() || e.is_io_error() || e.is_connection_dropped() => {
+                "connect"
+            }
             StoreError::Redis(_) => "redis",
             StoreError::BadReply => "reply",
         }
@@ -270,8 +272,12 @@ impl RedisStore {
         for (i, spec) in plan.windows.iter().enumerate() {
             let r = &reply[4 + 3 * i..7 + 3 * i];
             let (remaining, reset_ms, retry_at_ms) = (r[0].max(0) as u64, r[1].max(0) as u64, r[2].max(0) as u64);
-            let allowed = reply[0] == 1 || retry_at_ms == 0;
-            tally.add(i, spec, Check { allowed, remaining, reset_ms, retry_at_ms });
+            let allowed = retry_at_ms == 0;
+            let check = Check { allowed, remaining, reset_ms, retry_at_ms };
+            tally.add(i, spec, check);
+            if !take {
+                tally.keep(check);
+            }
         }
         let in_flight = reply[3].max(0) as u64;
         let mut decision = tally.finish(plan.concurrency.map(|cap| (cap, in_flight)));
@@ -283,8 +289,11 @@ impl RedisStore {
             if let Ok(mut live) = self.leases.live.lock() {
                 live.entry(key.clone()).or_default().insert(member.clone());
             }
-            decision.lease =
-                Some(super::Lease::Redis(RedisLease { book: Arc::new(LeaseBookHandle(Arc::clone(&self.leases))), key, member }));
+            decision.lease = Some(super::Lease::Redis(RedisLease {
+                book: Arc::new(LeaseBookHandle(Arc::clone(&self.leases))),
+                key,
+                member,
+            }));
         }
         Ok(decision)
     }
@@ -321,7 +330,12 @@ async fn release_task(conn: Arc<ArcSwapOption<Conn>>, mut releases: mpsc::Unboun
 }
 
 /// Every `lease_ttl / 3`, pushes the expiry of every lease still in flight on this replica.
-async fn renew_task(conn: Arc<ArcSwapOption<Conn>>, book: std::sync::Weak<LeaseBook>, ttl_ms: u64, offset: Arc<AtomicI64>) {
+async fn renew_task(
+    conn: Arc<ArcSwapOption<Conn>>,
+    book: std::sync::Weak<LeaseBook>,
+    ttl_ms: u64,
+    offset: Arc<AtomicI64>,
+) {
     let script = redis::Script::new(RENEW);
     let mut tick = tokio::time::interval(Duration::from_millis((ttl_ms / 3).max(100)));
     loop {
