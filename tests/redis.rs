@@ -466,6 +466,41 @@ async fn redis_cluster_spreads_users_over_the_masters() {
     assert!(per_node.iter().filter(|n| **n > 0).count() >= 2, "users should land on several masters: {per_node:?}");
 }
 
+#[tokio::test]
+async fn switching_algorithms_reuses_keys_without_errors() {
+    use tiergate::config::Algorithm;
+    use tiergate::limit::{IdentityKey, Plan, RedisStore, RedisTarget, WindowSpec};
+    let redis = RedisServer::start();
+    tiergate::server::install_crypto_provider();
+    let target = RedisTarget {
+        url: redis.url(),
+        cluster_nodes: vec![],
+        key_prefix: "switch".into(),
+        timeout: Duration::from_secs(2),
+        lease_ttl: Duration::from_secs(30),
+    };
+    let store = RedisStore::start(&target).unwrap();
+    let key = IdentityKey::User(Arc::from("switcher"));
+    for algorithm in [
+        Algorithm::SlidingLog,
+        Algorithm::Gcra,
+        Algorithm::FixedWindow,
+        Algorithm::SlidingLog,
+        Algorithm::FixedWindow,
+        Algorithm::Gcra,
+    ] {
+        let plan = Plan {
+            algorithm,
+            windows: vec![WindowSpec { name: Arc::from("minute"), limit: 100, window_ms: 60_000 }],
+            concurrency: None,
+        };
+        for _ in 0..3 {
+            let d = store.decide(&key, &plan, true).await.unwrap_or_else(|e| panic!("{algorithm:?}: {e}"));
+            assert!(d.allowed);
+        }
+    }
+}
+
 /// The Lua script and the in-memory limiter make the same decisions over random simulated time.
 #[tokio::test]
 async fn lua_script_matches_the_memory_model() {

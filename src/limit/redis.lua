@@ -37,38 +37,62 @@ for i = 1, n do
   local v = vals[i]
   local remaining, reset, retry, ok = 0, 0, 0, false
   if alg == 1 then
-    -- Bucketed sliding log: "end:count,end:count,..." oldest first, buckets of width max(1, w/60).
+    -- Bucketed sliding log, buckets of width max(1, w/60): "total|end:count,end:count,..." oldest
+    -- first, where total is the sum of the listed counts. Only expired buckets at the front and the
+    -- newest bucket are parsed on the admit path; the rest of the string is copied untouched.
     local width = math.max(1, math.floor(w / 60))
     local floor_t = now - w
-    local ends, counts, total = {}, {}, 0
+    local total, body = 0, ''
     if v then
-      for e, c in string.gmatch(v, '(%d+):(%d+)') do
-        e = tonumber(e); c = tonumber(c)
-        if e > floor_t then
-          ends[#ends + 1] = e; counts[#counts + 1] = c; total = total + c
-        end
+      local bar = string.find(v, '|', 1, true)
+      if bar then
+        total = tonumber(string.sub(v, 1, bar - 1))
+        body = string.sub(v, bar + 1)
       end
     end
+    local pos, len = 1, #body
+    while pos <= len do
+      local colon = string.find(body, ':', pos, true)
+      if tonumber(string.sub(body, pos, colon - 1)) > floor_t then break end
+      local comma = string.find(body, ',', colon, true) or (len + 1)
+      total = total - tonumber(string.sub(body, colon + 1, comma - 1))
+      pos = comma + 1
+    end
+    if pos > 1 then body = string.sub(body, pos) end
     local bucket_end = now - (now % width) + width
     if total < limit then
       ok = true
       remaining = limit - total - 1
-      reset = (ends[1] or bucket_end) + w
-      if #ends > 0 and ends[#ends] >= bucket_end then
-        counts[#counts] = counts[#counts] + 1
-      else
-        ends[#ends + 1] = bucket_end; counts[#counts + 1] = 1
+      local first_end = tonumber(string.match(body, '^(%d+)') or '')
+      reset = (first_end or bucket_end) + w
+      -- The newest bucket: after the last comma (searched from the end).
+      local head, last_end, last_count = '', nil, 0
+      if #body > 0 then
+        local from_end = string.find(string.reverse(body), ',', 1, true)
+        local start = from_end and (#body - from_end + 2) or 1
+        head = string.sub(body, 1, start - 1)
+        local colon = string.find(body, ':', start, true)
+        last_end = tonumber(string.sub(body, start, colon - 1))
+        last_count = tonumber(string.sub(body, colon + 1))
       end
-      local parts = {}
-      for j = 1, #ends do parts[j] = fmt(ends[j]) .. ':' .. fmt(counts[j]) end
-      writes[#writes + 1] = {KEYS[i], table.concat(parts, ','), ends[#ends] + w - now}
+      local tail
+      if last_end and last_end >= bucket_end then
+        tail = fmt(last_end) .. ':' .. fmt(last_count + 1)
+      elseif last_end then
+        tail = fmt(last_end) .. ':' .. fmt(last_count) .. ',' .. fmt(bucket_end) .. ':1'
+        last_end = bucket_end
+      else
+        tail = fmt(bucket_end) .. ':1'
+        last_end = bucket_end
+      end
+      writes[#writes + 1] = {KEYS[i], fmt(total + 1) .. '|' .. head .. tail, last_end + w - now}
     else
       local need = total + 1 - limit
       local dropped = 0
       retry = now + w
-      for j = 1, #ends do
-        dropped = dropped + counts[j]
-        if dropped >= need then retry = ends[j] + w; break end
+      for e, c in string.gmatch(body, '(%d+):(%d+)') do
+        dropped = dropped + tonumber(c)
+        if dropped >= need then retry = tonumber(e) + w; break end
       end
       if limit == 0 then retry = now + w end
       reset = retry
@@ -78,7 +102,8 @@ for i = 1, n do
     if limit == 0 then
       reset = now + w; retry = now + w
     else
-      local tat = tonumber(v or '0')
+      -- Anything else in the key (another algorithm's state after a reload) starts afresh.
+      local tat = tonumber(v) or 0
       local now_us = now * 1000
       local interval = math.ceil(w * 1000 / limit)
       local new_tat = math.max(tat, now_us) + interval

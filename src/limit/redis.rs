@@ -8,7 +8,9 @@
 //! (the moment its data stops mattering), lease sets included.
 //!
 //! Cost per decision (3 windows, sliding log, admitted): `TIME`, `MGET`, 3 × `SET … PX`; refused: `TIME`
-//! and `MGET` only. Memory per (identity, window): at most 62 buckets of `end:count` text (~1.5 KiB).
+//! and `MGET` only; about 22 µs of Redis CPU (docs/PERFORMANCE.md). A sliding-log window is stored as
+//! `total|end:count,…` (at most 62 buckets, ~1.5 KiB) so the admit path parses only the expired front
+//! buckets and the newest one; the exact arithmetic mirrors `local.rs`, and a test holds them equal.
 //!
 //! Concurrency leases: a sorted set of request ids scored by expiry. The script drops expired ones,
 //! counts, and adds ours; a background task renews every in-flight lease every `lease_ttl / 3` (one
