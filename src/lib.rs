@@ -12,7 +12,7 @@
 //! ```
 //!
 //! `config` parses and validates `config.toml`; `snapshot` compiles it into the immutable form the
-//! proxy reads (swapped whole); `error` is the one table from failures to HTTP responses; `body`
+//! proxy reads (swapped whole); `reload` watches the config and swaps snapshots; `error` is the one table from failures to HTTP responses; `body`
 //! holds the streaming body types; `admin` serves `/metrics`, `/healthz`, `/readyz`; `demo` is the
 //! `tiergate demo` command and its echo upstream.
 #![forbid(unsafe_code)]
@@ -28,6 +28,7 @@ pub mod identity;
 pub mod limit;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod route;
 pub mod server;
 pub mod snapshot;

@@ -68,7 +68,7 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             init_logging("info");
-            runtime(cli.workers).map_or(ExitCode::FAILURE, |rt| rt.block_on(run(snapshot)))
+            runtime(cli.workers).map_or(ExitCode::FAILURE, |rt| rt.block_on(run(snapshot, cli.config)))
         }
         Command::Demo { listen, admin_listen } => {
             init_logging("warn");
@@ -175,7 +175,7 @@ fn init_logging(default: &str) {
         .init();
 }
 
-async fn run(snapshot: Snapshot) -> ExitCode {
+async fn run(snapshot: Snapshot, config_path: PathBuf) -> ExitCode {
     let server = match tiergate::server::start(snapshot).await {
         Ok(s) => s,
         Err(e) => {
@@ -184,6 +184,7 @@ async fn run(snapshot: Snapshot) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    server.watch_config(config_path, Secrets::from_env());
     let signal = wait_for_signal().await;
     tracing::info!(signal, "draining");
     server.shutdown().await;

@@ -185,6 +185,12 @@ pub async fn start_with_clock(snapshot: Snapshot, clock: Clock) -> Result<Server
 }
 
 impl Server {
+    /// Reloads the config at `path` on change (its directory is watched), on `SIGHUP` and every 30 s.
+    pub fn watch_config(&self, path: std::path::PathBuf, secrets: crate::snapshot::Secrets) {
+        let reloader = crate::reload::Reloader::new(path, secrets, Arc::clone(&self.proxy));
+        self.tasks.spawn(reloader.run(self.shutdown.clone()));
+    }
+
     /// Stops accepting, lets in-flight requests finish within the configured `shutdown_grace`.
     pub async fn shutdown(&self) {
         let grace = self.proxy.snapshot.load().config.server.shutdown_grace;

@@ -78,6 +78,16 @@ prefix = "/health"
 class = "exempt"
 "#;
 
+/// A fresh scratch directory for one test.
+pub fn scratch(tag: &str) -> std::path::PathBuf {
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("tiergate-test-{}-{tag}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 pub fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
 }
@@ -114,6 +124,19 @@ impl Gate {
         let base = format!("http://{}", server.addr);
         let admin = format!("http://{}", server.admin_addr);
         Gate { server, upstream, base, admin }
+    }
+
+    /// A gate whose config lives in `dir/config.toml` and is watched for changes. The upstream in
+    /// `config` (`http://127.0.0.1:1`) is replaced by the echo server's address; returns the text used.
+    pub async fn watching(dir: &std::path::Path, config: &str) -> (Gate, String) {
+        let upstream = echo().await;
+        let text = config.replace("http://127.0.0.1:1", &format!("http://{upstream}"));
+        std::fs::create_dir_all(dir).unwrap();
+        let path = dir.join("config.toml");
+        std::fs::write(&path, &text).unwrap();
+        let gate = Gate::start_with_upstream(&text, &format!("http://{upstream}"), upstream).await;
+        gate.server.watch_config(path, Secrets::default().with(SECRET_ENV, SECRET));
+        (gate, text)
     }
 
     /// The default test gate: SERVER + IDENTITY + TIERS + `extra`.
