@@ -221,9 +221,72 @@ pub async fn run(opts: DemoOptions) -> Result<(), Box<dyn std::error::Error>> {
     println!("  curl -i -H 'Authorization: Bearer not.a.token' {base}/api/v1/items");
     println!("  # anonymous callers are limited by IP:");
     println!("  curl -i {base}/dashboard");
-    println!("\nCtrl-C stops the demo.");
+    println!("\nCtrl-C stops the demo. A summary line follows every 5 s while traffic flows.");
 
+    let summary = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut last = String::new();
+        loop {
+            tick.tick().await;
+            let line = summary_line(&crate::metrics::install().render());
+            if !line.is_empty() && line != last {
+                println!("{line}");
+                last = line;
+            }
+        }
+    });
     tokio::signal::ctrl_c().await?;
+    summary.abort();
     server.drain(Duration::from_secs(2)).await;
     Ok(())
+}
+
+/// One line per tier from a `/metrics` scrape: requests, allowed and refused so far.
+pub fn summary_line(scrape: &str) -> String {
+    let mut tiers: Vec<(String, u64, u64)> = Vec::new();
+    for line in scrape.lines().filter(|l| l.starts_with("tiergate_requests_total{")) {
+        let label = |name: &str| {
+            let start = line.find(&format!("{name}=\"")).map(|i| i + name.len() + 2)?;
+            let end = line[start..].find('"')? + start;
+            Some(line[start..end].to_string())
+        };
+        let (Some(tier), Some(decision)) = (label("tier"), label("decision")) else { continue };
+        let Some(count) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else { continue };
+        let count = count as u64;
+        if count == 0 {
+            continue;
+        }
+        let entry = match tiers.iter_mut().position(|t| t.0 == tier) {
+            Some(i) => &mut tiers[i],
+            None => {
+                tiers.push((tier, 0, 0));
+                let last = tiers.len() - 1;
+                &mut tiers[last]
+            }
+        };
+        match decision.as_str() {
+            "allowed" | "exempt" | "shadow_limited" => entry.1 += count,
+            _ => entry.2 += count,
+        }
+    }
+    tiers
+        .iter()
+        .map(|(tier, ok, refused)| format!("{tier}: {} requests, {ok} allowed, {refused} refused", ok + refused))
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn summary_counts_allowed_and_refused_per_tier() {
+        let scrape = "# HELP x\ntiergate_requests_total{tier=\"free\",class=\"api\",decision=\"allowed\"} 20\n\
+                      tiergate_requests_total{tier=\"free\",class=\"api\",decision=\"limited\"} 5\n\
+                      tiergate_requests_total{tier=\"pro\",class=\"general\",decision=\"allowed\"} 0\n\
+                      tiergate_requests_total{tier=\"none\",class=\"api\",decision=\"unauthorized\"} 1\n";
+        assert_eq!(
+            super::summary_line(scrape),
+            "free: 25 requests, 20 allowed, 5 refused | none: 1 requests, 0 allowed, 1 refused"
+        );
+    }
 }

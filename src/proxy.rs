@@ -40,6 +40,8 @@ pub struct Proxy {
     pub client: UpstreamClient,
     /// False once draining has begun (`/readyz` → 503).
     pub ready: AtomicBool,
+    /// Upgraded connections (WebSocket tunnels): a drain waits for them too.
+    pub tunnels: tokio_util::task::TaskTracker,
 }
 
 /// One accepted connection, as requests on it see it.
@@ -216,7 +218,7 @@ impl Proxy {
         if switching {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             if let Some(client_upgrade) = client_upgrade {
-                tokio::spawn(tunnel(client_upgrade, upstream_upgrade, guards));
+                self.tunnels.spawn(tunnel(client_upgrade, upstream_upgrade, guards));
             }
             let (parts, _) = resp.into_parts();
             return Ok(Response::from_parts(parts, ProxyBody::empty()));

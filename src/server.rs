@@ -156,6 +156,7 @@ pub async fn start_with_clock(snapshot: Snapshot, clock: Clock) -> Result<Server
         tier_cache: crate::proxy::TierCache::default(),
         client: crate::forward::client(),
         ready: std::sync::atomic::AtomicBool::new(true),
+        tunnels: TaskTracker::new(),
     });
     let shutdown = CancellationToken::new();
     let connections = TaskTracker::new();
@@ -203,8 +204,13 @@ impl Server {
         self.proxy.ready.store(false, Ordering::Release);
         self.shutdown.cancel();
         self.connections.close();
+        self.proxy.tunnels.close();
         self.tasks.close();
-        let drained = tokio::time::timeout(grace, self.connections.wait()).await.is_ok();
+        let everything = async {
+            self.connections.wait().await;
+            self.proxy.tunnels.wait().await;
+        };
+        let drained = tokio::time::timeout(grace, everything).await.is_ok();
         if !drained {
             tracing::warn!(?grace, "shutdown grace elapsed with requests still in flight");
         }

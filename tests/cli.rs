@@ -166,19 +166,27 @@ async fn demo_prints_tokens_that_work() {
             .unwrap(),
     );
     let stdout = child.0.stdout.take().unwrap();
-    let lines = tokio::task::spawn_blocking(move || {
-        let mut lines = Vec::new();
-        for line in BufReader::new(stdout).lines() {
-            let line = line.unwrap();
+    // Lines arrive on a channel so the test can wait for the start-up text, then for a summary line.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = rx.recv().await {
             let done = line.contains("Ctrl-C");
             lines.push(line);
             if done {
                 break;
             }
         }
-        lines
-    });
-    let lines = tokio::time::timeout(Duration::from_secs(20), lines).await.expect("demo did not start").unwrap();
+    })
+    .await
+    .expect("demo did not start");
     let text = lines.join("\n");
     assert!(text.contains(&format!("http://127.0.0.1:{port}")), "{text}");
     let token_of = |tier: &str| {
@@ -203,6 +211,19 @@ async fn demo_prints_tokens_that_work() {
     assert_eq!(*statuses.last().unwrap(), 429);
     assert_eq!(get_as(&format!("{base}/api/v1/items"), "not.a.token").await.status, 401);
     assert!(text.contains("curl"), "{text}");
+    // While traffic flows, a one-line summary per tier appears every few seconds.
+    let summary = tokio::time::timeout(Duration::from_secs(12), async {
+        while let Some(line) = rx.recv().await {
+            // Lines may show traffic still under way; wait for the final count.
+            if line.contains("free: 26 requests, 20 allowed, 6 refused") {
+                return line;
+            }
+        }
+        String::new()
+    })
+    .await
+    .expect("no summary line");
+    assert!(summary.contains("none: 1 requests, 0 allowed, 1 refused"), "{summary}");
 
     // A taken port is named in the error.
     let out = tiergate()
