@@ -23,3 +23,5 @@ echo "test.sh: cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "test.sh: cargo test"
 cargo test --all-targets "$@"
+echo "test.sh: deployment assets (Dockerfile, k8s/, monitoring/)"
+TIERGATE_BIN=target/debug/tiergate ./scripts/check-deploy.sh

@@ -572,10 +572,11 @@ fn read_tls(value: Option<&toml::Value>, errors: &mut Vec<String>) -> Option<Tls
     let mut s = Section::new("tls", value, errors);
     let cert_file = s.opt_string("cert_file");
     let key_file = s.opt_string("key_file");
-    s.problem(
-        "",
-        "TLS termination is not supported by this build yet; remove [tls] and terminate TLS in front of tiergate",
-    );
+    for (key, v) in [("cert_file", &cert_file), ("key_file", &key_file)] {
+        if v.as_deref().is_none_or(str::is_empty) {
+            s.problem(key, "required when [tls] is present (a PEM file path)");
+        }
+    }
     s.finish();
     Some(TlsConfig { cert_file: cert_file.unwrap_or_default().into(), key_file: key_file.unwrap_or_default().into() })
 }

@@ -125,6 +125,8 @@ pub struct Upstream<'a> {
     pub client_ip: std::net::IpAddr,
     /// Keep the client's `X-Forwarded-Proto` (the peer is a trusted proxy).
     pub trusted_peer: bool,
+    /// How the client reached us: `http` or `https`.
+    pub proto: &'static str,
     pub upgrade: bool,
 }
 
@@ -148,7 +150,7 @@ pub fn prepare(parts: &mut http::request::Parts, to: &Upstream<'_>) -> Result<()
     strip_hop_by_hop(&mut parts.headers, to.upgrade);
     append_forwarded_for(&mut parts.headers, to.client_ip);
     if !(to.trusted_peer && parts.headers.contains_key(&X_FORWARDED_PROTO)) {
-        parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(to.proto));
     }
     if !parts.headers.contains_key(&X_REQUEST_ID) {
         parts.headers.insert(X_REQUEST_ID.clone(), request_id());

@@ -99,8 +99,10 @@ fn load(path: &std::path::Path) -> Result<Snapshot, ExitCode> {
 fn check(path: &std::path::Path) -> ExitCode {
     match load(path) {
         Ok(snapshot) => {
-            println!("{}: ok\n", path.display());
-            print!("{}", snapshot.describe());
+            // A closed pipe (`tiergate check | head -1`) is not an error worth a panic.
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = write!(out, "{}: ok\n\n{}", path.display(), snapshot.describe());
             ExitCode::SUCCESS
         }
         Err(code) => code,
@@ -142,7 +144,8 @@ fn token(path: &std::path::Path, sub: &str, tier: &str, ttl: &str, secret_env: O
     let audience = config.as_ref().and_then(|c| c.identity.audience.as_deref());
     match tiergate::identity::mint_hs256(secret.as_bytes(), sub, tier, ttl, issuer, audience) {
         Ok(t) => {
-            println!("{t}");
+            use std::io::Write;
+            let _ = writeln!(std::io::stdout().lock(), "{t}");
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -47,6 +47,8 @@ pub struct Proxy {
 /// One accepted connection, as requests on it see it.
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The client connected over TLS.
+    pub tls: bool,
     pub activity: Arc<ConnActivity>,
 }
 
@@ -184,6 +186,7 @@ impl Proxy {
             authority: &snap.upstream_authority,
             client_ip: peer_ip,
             trusted_peer: snap.identity.trusted_proxies.iter().any(|n| n.contains(&peer_ip)),
+            proto: if conn.tls { "https" } else { "http" },
             upgrade,
         };
         forward::prepare(&mut parts, &target)

@@ -149,13 +149,17 @@ fn parent(path: &Path) -> PathBuf {
 
 fn key_files(config: &Config) -> Vec<PathBuf> {
     let id = &config.identity;
-    id.jwt_public_key_file.iter().chain(id.jwks_file.iter()).cloned().collect()
+    let tls = config.tls.iter().flat_map(|t| [t.cert_file.clone(), t.key_file.clone()]);
+    id.jwt_public_key_file.iter().chain(id.jwks_file.iter()).cloned().chain(tls).collect()
 }
 
 fn warn_restart_needed(old: &Config, new: &Config) {
-    if old.server.listen != new.server.listen || old.server.admin_listen != new.server.admin_listen {
+    if old.server.listen != new.server.listen
+        || old.server.admin_listen != new.server.admin_listen
+        || old.tls.is_some() != new.tls.is_some()
+    {
         tracing::warn!(
-            "server.listen / server.admin_listen changed: restart tiergate to apply (the other settings are live)"
+            "server.listen, server.admin_listen or turning [tls] on/off changed: restart tiergate to apply (the other settings, certificates included, are live)"
         );
     }
     if format!("{:?}", old.storage.backend) != format!("{:?}", new.storage.backend)

@@ -20,7 +20,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -162,7 +162,8 @@ pub async fn start_with_clock(snapshot: Snapshot, clock: Clock) -> Result<Server
     let connections = TaskTracker::new();
     let tasks = TaskTracker::new();
 
-    tasks.spawn(accept_loop(listener, Arc::clone(&proxy), shutdown.clone(), connections.clone()));
+    let tls = proxy.snapshot.load().tls.is_some().then(|| crate::tls::acceptor(Arc::clone(&proxy)));
+    tasks.spawn(accept_loop(listener, tls, Arc::clone(&proxy), shutdown.clone(), connections.clone()));
     let admin_stop = CancellationToken::new();
     tokio::spawn(crate::admin::serve(admin, Arc::clone(&proxy), handle, admin_stop.clone()));
     let sweeper = Arc::clone(&proxy);
@@ -219,7 +220,13 @@ impl Server {
     }
 }
 
-async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, shutdown: CancellationToken, connections: TaskTracker) {
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    proxy: Arc<Proxy>,
+    shutdown: CancellationToken,
+    connections: TaskTracker,
+) {
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -227,7 +234,23 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Cancell
         };
         match accepted {
             Ok((stream, peer)) => {
-                connections.spawn(serve_connection(stream, peer, Arc::clone(&proxy), shutdown.clone()));
+                let _ = stream.set_nodelay(true);
+                let (proxy, shutdown) = (Arc::clone(&proxy), shutdown.clone());
+                match &tls {
+                    None => connections.spawn(serve_connection(stream, false, peer, proxy, shutdown)),
+                    Some(acceptor) => {
+                        let acceptor = acceptor.clone();
+                        connections.spawn(async move {
+                            // The handshake counts against the header-read budget.
+                            let budget = proxy.snapshot.load().config.server.header_read_timeout;
+                            match tokio::time::timeout(budget, acceptor.accept(stream)).await {
+                                Ok(Ok(tls_stream)) => serve_connection(tls_stream, true, peer, proxy, shutdown).await,
+                                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                            }
+                        })
+                    }
+                };
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off briefly instead of spinning.
@@ -238,15 +261,17 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Cancell
     }
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, shutdown: CancellationToken) {
-    let _ = stream.set_nodelay(true);
+async fn serve_connection<S>(stream: S, tls: bool, peer: SocketAddr, proxy: Arc<Proxy>, shutdown: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (header_read_timeout, idle_timeout, max_header_bytes) = {
         let snap = proxy.snapshot.load();
         let s = &snap.config.server;
         (s.header_read_timeout, s.idle_timeout, s.max_header_bytes)
     };
     let activity = Arc::new(ConnActivity::new());
-    let info = Arc::new(ConnInfo { peer, activity: Arc::clone(&activity) });
+    let info = Arc::new(ConnInfo { peer, tls, activity: Arc::clone(&activity) });
     let service = service_fn(move |req| Arc::clone(&proxy).handle(Arc::clone(&info), req));
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -296,13 +321,13 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>
 /// ends the sniffer sleeps until the request's response is done. Pipelined heads read together
 /// with an earlier body are not scanned; hyper still handles those safely (Transfer-Encoding
 /// wins and the connection is closed after the response), only without our 400.
-struct SniffedStream {
-    inner: TcpStream,
+struct SniffedStream<S> {
+    inner: S,
     sniffer: HeadSniffer,
     activity: Arc<ConnActivity>,
 }
 
-impl AsyncRead for SniffedStream {
+impl<S: AsyncRead + Unpin> AsyncRead for SniffedStream<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
@@ -317,7 +342,7 @@ impl AsyncRead for SniffedStream {
     }
 }
 
-impl AsyncWrite for SniffedStream {
+impl<S: AsyncWrite + Unpin> AsyncWrite for SniffedStream<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }

@@ -89,6 +89,8 @@ pub struct Snapshot {
     pub tier_header: HeaderName,
     /// Where the Redis store connects (`REDIS_URL` overrides `storage.url`); `None`: memory store.
     pub redis: Option<RedisTarget>,
+    /// The certificate and key `[tls]` names, read when this snapshot compiled.
+    pub tls: Option<Arc<rustls::sign::CertifiedKey>>,
 }
 
 impl Snapshot {
@@ -144,6 +146,16 @@ impl Snapshot {
             };
 
         let redis = compile_redis(&config, secrets, &mut errors);
+        let tls = match &config.tls {
+            Some(t) => match crate::tls::load_certified_key(&t.cert_file, &t.key_file) {
+                Ok(k) => Some(Arc::new(k)),
+                Err(problems) => {
+                    errors.extend(problems);
+                    None
+                }
+            },
+            None => None,
+        };
 
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
@@ -160,6 +172,7 @@ impl Snapshot {
             user_id_header: config.identity.user_id_header.clone(),
             tier_header: config.identity.tier_header.clone(),
             redis,
+            tls,
             tiers,
             config,
         })

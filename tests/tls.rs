@@ -1,0 +1,157 @@
+//! TLS termination: ALPN h2 and http/1.1 to an HTTP/1.1 upstream, certificate rotation without a
+//! restart or a dropped connection, and bad certificate files reported by key.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use support::*;
+
+fn tls_config(dir: &std::path::Path) -> String {
+    format!(
+        "{SERVER}{IDENTITY}{TIERS}\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        dir.join("tls.crt").display(),
+        dir.join("tls.key").display()
+    )
+}
+
+fn install(dir: &std::path::Path, n: u8) {
+    // As a Secret volume update does: new files appear at once (write aside, rename over).
+    for (from, to) in [(format!("tls_server{n}.pem"), "tls.crt"), (format!("tls_server{n}.key"), "tls.key")] {
+        std::fs::copy(fixture(&from), dir.join(format!(".{to}.new"))).unwrap();
+        std::fs::rename(dir.join(format!(".{to}.new")), dir.join(to)).unwrap();
+    }
+}
+
+type SendFn = Box<
+    dyn FnMut(http::Request<Full<Bytes>>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send>> + Send,
+>;
+
+struct TlsConn {
+    alpn: Vec<u8>,
+    peer_cert: CertificateDer<'static>,
+    send: SendFn,
+}
+
+async fn connect(addr: std::net::SocketAddr, alpn: &[&[u8]]) -> TlsConn {
+    tiergate::server::install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(fixture("tls_ca.pem")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (_, session) = tls.get_ref();
+    let negotiated = session.alpn_protocol().unwrap_or_default().to_vec();
+    let peer_cert = session.peer_certificates().unwrap()[0].clone().into_owned();
+    let io = TokioIo::new(tls);
+    async fn read(resp: http::Response<hyper::body::Incoming>) -> Reply {
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        Reply { status: parts.status, headers: parts.headers, body: String::from_utf8_lossy(&bytes).into_owned() }
+    }
+    if negotiated == b"h2" {
+        let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.unwrap();
+        tokio::spawn(conn);
+        TlsConn {
+            alpn: negotiated,
+            peer_cert,
+            send: Box::new(move |req| {
+                let mut sender = sender.clone();
+                Box::pin(async move { read(sender.send_request(req).await.unwrap()).await })
+            }),
+        }
+    } else {
+        let (sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        let sender = Arc::new(tokio::sync::Mutex::new(sender));
+        TlsConn {
+            alpn: negotiated,
+            peer_cert,
+            send: Box::new(move |req| {
+                let sender = Arc::clone(&sender);
+                Box::pin(async move { read(sender.lock().await.send_request(req).await.unwrap()).await })
+            }),
+        }
+    }
+}
+
+fn req(gate: &Gate, path: &str, token: &str) -> http::Request<Full<Bytes>> {
+    http::Request::builder()
+        .uri(format!("https://localhost:{}{path}", gate.server.addr.port()))
+        .header("host", format!("localhost:{}", gate.server.addr.port()))
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+fn cert_of(n: u8) -> CertificateDer<'static> {
+    CertificateDer::pem_file_iter(fixture(&format!("tls_server{n}.pem"))).unwrap().next().unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn https_with_h2_and_http1_reaches_an_http1_upstream_and_certificates_rotate() {
+    let dir = scratch("tls");
+    install(&dir, 1);
+    let (gate, _) = Gate::watching(&dir, &tls_config(&dir)).await;
+    let t = token("tls-user", "pro");
+
+    let mut h2 = connect(gate.server.addr, &[b"h2", b"http/1.1"]).await;
+    assert_eq!(h2.alpn, b"h2");
+    assert_eq!(h2.peer_cert, cert_of(1));
+    let r = (h2.send)(req(&gate, "/api/x", &t)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["version"], "HTTP/1.1");
+    assert_eq!(r.upstream_header("x-forwarded-proto"), vec!["https"]);
+    assert_eq!(r.upstream_header("x-user-id"), vec!["tls-user"]);
+    assert!(r.header("strict-transport-security").is_some());
+
+    let mut h1 = connect(gate.server.addr, &[b"http/1.1"]).await;
+    assert_eq!(h1.alpn, b"http/1.1");
+    assert_eq!((h1.send)(req(&gate, "/api/x", &t)).await.status, 200);
+
+    // cert-manager renews the certificate: new connections get it, open ones keep working.
+    install(&dir, 2);
+    let start = Instant::now();
+    loop {
+        let fresh = connect(gate.server.addr, &[b"h2"]).await;
+        if fresh.peer_cert == cert_of(2) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "rotated certificate not served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!((h2.send)(req(&gate, "/api/x", &t)).await.status, 200, "an open h2 connection survives the rotation");
+    assert_eq!((h1.send)(req(&gate, "/api/x", &t)).await.status, 200);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn unusable_certificate_files_are_reported_by_key() {
+    let dir = scratch("badtls");
+    std::fs::write(dir.join("tls.crt"), "not a certificate").unwrap();
+    std::fs::copy(fixture("tls_server1.key"), dir.join("tls.key")).unwrap();
+    let config = tiergate::config::Config::parse(&tls_config(&dir)).unwrap();
+    let secrets = tiergate::snapshot::Secrets::default().with(SECRET_ENV, SECRET);
+    let errors = tiergate::snapshot::Snapshot::compile(config, &secrets).err().expect("must fail").0;
+    assert!(errors.iter().any(|e| e.starts_with("tls.cert_file:")), "{errors:?}");
+
+    // A key that does not belong to the certificate.
+    std::fs::copy(fixture("tls_server1.pem"), dir.join("tls.crt")).unwrap();
+    std::fs::copy(fixture("tls_server2.key"), dir.join("tls.key")).unwrap();
+    let config = tiergate::config::Config::parse(&tls_config(&dir)).unwrap();
+    let errors = tiergate::snapshot::Snapshot::compile(config, &secrets).err().expect("must fail").0;
+    assert!(errors.iter().any(|e| e.starts_with("tls.key_file:")), "{errors:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
