@@ -122,6 +122,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub upstream: http::Uri,
+    /// Extra PEM roots for an https:// upstream (besides the system's and Mozilla's).
+    pub upstream_ca_file: Option<PathBuf>,
     pub environment: Environment,
     pub trusted_proxies: Vec<IpNet>,
     pub upstream_timeout: Duration,
@@ -157,6 +159,8 @@ pub struct IdentityConfig {
     pub jwt_public_key_file: Option<PathBuf>,
     pub jwks_file: Option<PathBuf>,
     pub jwks_url: Option<String>,
+    /// Extra PEM roots for an https:// `jwks_url` (besides the system's and Mozilla's).
+    pub jwks_ca_file: Option<PathBuf>,
     pub jwks_refresh: Duration,
     pub issuer: Option<String>,
     pub audience: Option<String>,
@@ -493,7 +497,7 @@ fn read_server(value: Option<&toml::Value>, errors: &mut Vec<String>) -> ServerC
     let admin_listen = s.socket_addr("admin_listen", "0.0.0.0:9901");
     let upstream_text = s.string("upstream", "http://127.0.0.1:8000");
     let upstream = match upstream_text.parse::<http::Uri>() {
-        Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {
+        Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() => {
             if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
                 s.problem(
                     "upstream",
@@ -502,10 +506,6 @@ fn read_server(value: Option<&toml::Value>, errors: &mut Vec<String>) -> ServerC
                     ),
                 );
             }
-            uri
-        }
-        Ok(uri) if uri.scheme_str() == Some("https") => {
-            s.problem("upstream", "https:// upstreams are not supported by this build yet; use http://");
             uri
         }
         _ => {
@@ -532,6 +532,7 @@ fn read_server(value: Option<&toml::Value>, errors: &mut Vec<String>) -> ServerC
             ),
         }
     }
+    let upstream_ca_file = s.opt_string("upstream_ca_file").map(PathBuf::from);
     let upstream_timeout = s.duration("upstream_timeout", Duration::from_secs(30));
     let header_read_timeout = s.duration("header_read_timeout", Duration::from_secs(10));
     let idle_timeout = s.duration("idle_timeout", Duration::from_secs(60));
@@ -557,6 +558,7 @@ fn read_server(value: Option<&toml::Value>, errors: &mut Vec<String>) -> ServerC
         listen,
         admin_listen,
         upstream,
+        upstream_ca_file,
         environment,
         trusted_proxies,
         upstream_timeout,
@@ -669,9 +671,7 @@ fn read_identity(value: Option<&toml::Value>, errors: &mut Vec<String>) -> Ident
     let jwt_public_key_file = s.opt_string("jwt_public_key_file").map(PathBuf::from);
     let jwks_file = s.opt_string("jwks_file").map(PathBuf::from);
     let jwks_url = s.opt_string("jwks_url");
-    if jwks_url.is_some() {
-        s.problem("jwks_url", "fetching keys from a URL is not supported by this build yet; use jwks_file");
-    }
+    let jwks_ca_file = s.opt_string("jwks_ca_file").map(PathBuf::from);
     let jwks_refresh = s.duration("jwks_refresh", Duration::from_secs(600));
     let issuer = s.opt_string("issuer");
     let audience = s.opt_string("audience");
@@ -697,6 +697,7 @@ fn read_identity(value: Option<&toml::Value>, errors: &mut Vec<String>) -> Ident
         jwt_public_key_file,
         jwks_file,
         jwks_url,
+        jwks_ca_file,
         jwks_refresh,
         issuer,
         audience,

@@ -41,6 +41,21 @@ pub fn spawn_echo(listener: TcpListener) {
     });
 }
 
+/// The echo upstream over TLS (tests of `https://` upstreams).
+pub fn spawn_echo_tls(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor) {
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else { return };
+                let service = service_fn(|req| async move { Ok::<_, Infallible>(echo(req).await) });
+                let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+}
+
 fn query_param(req: &Request<Incoming>, key: &str) -> Option<u64> {
     req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
@@ -189,9 +204,10 @@ pub async fn run(opts: DemoOptions) -> Result<(), Box<dyn std::error::Error>> {
     let table = snapshot.describe();
     let server = match crate::server::start(snapshot).await {
         Ok(s) => s,
-        Err(e) => {
+        Err(e @ crate::server::StartError::Bind { .. }) => {
             return Err(format!("{e}\n(another program has this port: pick another with `tiergate demo --listen 127.0.0.1:PORT --admin-listen 127.0.0.1:PORT`)").into());
         }
+        Err(e) => return Err(e.into()),
     };
     let base = format!("http://{}", server.addr);
     println!("tiergate demo: proxy on {base}  (admin: http://{}/metrics)", server.admin_addr);

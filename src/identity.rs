@@ -37,6 +37,14 @@ pub struct Identity {
 #[error("invalid bearer token")]
 pub struct InvalidTokenError;
 
+/// Why [`Verifier::identify`] gave no identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentifyError {
+    Invalid,
+    /// The token names a `kid` no key has: refreshing the remote key set may help (once).
+    UnknownKid,
+}
+
 /// One key tokens may be verified with.
 pub struct VerifyKey {
     /// For JWKS keys: the token's `kid` must equal it.
@@ -59,6 +67,8 @@ pub struct Verifier {
     pub invalid_token: InvalidToken,
     pub trusted_proxies: Vec<IpNet>,
     pub leeway: Duration,
+    /// Keys fetched from `jwks_url`, refreshed in the background.
+    pub remote: Option<Arc<RemoteKeys>>,
     cache: DashMap<Box<str>, Cached>,
 }
 
@@ -82,6 +92,7 @@ impl Verifier {
         invalid_token: InvalidToken,
         trusted_proxies: Vec<IpNet>,
         leeway: Duration,
+        remote: Option<Arc<RemoteKeys>>,
     ) -> Verifier {
         Verifier {
             algorithms,
@@ -94,12 +105,20 @@ impl Verifier {
             invalid_token,
             trusted_proxies,
             leeway,
+            remote,
             cache: DashMap::new(),
         }
     }
 
-    /// Identifies the caller of one request.
-    pub fn identify(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<Identity, InvalidTokenError> {
+    /// Identifies the caller of one request. With `may_refresh`, a token whose `kid` no key has
+    /// comes back as [`IdentifyError::UnknownKid`] so the caller can refresh the remote keys and ask
+    /// again (with `may_refresh = false`, which applies `invalid_token` as usual).
+    pub fn identify(
+        &self,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+        may_refresh: bool,
+    ) -> Result<Identity, IdentifyError> {
         let token = match bearer_token(headers) {
             Bearer::Token(t) => t,
             Bearer::Absent => return Ok(self.anonymous(headers, peer)),
@@ -107,13 +126,23 @@ impl Verifier {
         };
         match self.verify(token) {
             Ok(identity) => Ok(identity),
+            Err(InvalidTokenError) if may_refresh && self.remote.is_some() && self.kid_unknown(token) => {
+                Err(IdentifyError::UnknownKid)
+            }
             Err(InvalidTokenError) => self.on_invalid(headers, peer),
         }
     }
 
-    fn on_invalid(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<Identity, InvalidTokenError> {
+    fn kid_unknown(&self, token: &str) -> bool {
+        let Ok(header) = jsonwebtoken::decode_header(token) else { return false };
+        let Some(kid) = header.kid else { return false };
+        let remote = self.remote.as_ref().map(|r| r.keys.load_full());
+        !self.keys.iter().chain(remote.iter().flat_map(|k| k.iter())).any(|k| k.kid.as_deref() == Some(kid.as_str()))
+    }
+
+    fn on_invalid(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<Identity, IdentifyError> {
         match self.invalid_token {
-            InvalidToken::Reject => Err(InvalidTokenError),
+            InvalidToken::Reject => Err(IdentifyError::Invalid),
             InvalidToken::Anonymous => Ok(self.anonymous(headers, peer)),
         }
     }
@@ -149,7 +178,8 @@ impl Verifier {
             return Err(InvalidTokenError);
         }
         let family = header.alg.family();
-        let candidates = self.keys.iter().filter(|k| {
+        let remote = self.remote.as_ref().map(|r| r.keys.load_full());
+        let candidates = self.keys.iter().chain(remote.iter().flat_map(|k| k.iter())).filter(|k| {
             k.family == family
                 && k.validation.algorithms.contains(&header.alg)
                 && match (&k.kid, &header.kid) {
@@ -177,6 +207,172 @@ impl Verifier {
         let user_header = HeaderValue::from_str(user).map_err(|_| InvalidTokenError)?;
         let identity = Identity { key: IdentityKey::User(Arc::from(user)), tier, user_header: Some(user_header) };
         Ok((identity, exp))
+    }
+}
+
+/// What a key may be used for: the configured algorithms and the claim checks every token gets.
+#[derive(Clone)]
+pub struct KeyRules {
+    pub algorithms: Vec<Algorithm>,
+    /// leeway, exp/nbf, iss, aud; `algorithms` is set per key.
+    pub template: Validation,
+}
+
+impl KeyRules {
+    /// The configured algorithms of one key family.
+    pub fn allowed(&self, family: AlgorithmFamily) -> Vec<Algorithm> {
+        self.algorithms.iter().copied().filter(|a| a.family() == family).collect()
+    }
+
+    pub fn validation(&self, algorithms: Vec<Algorithm>) -> Validation {
+        let mut v = self.template.clone();
+        v.algorithms = algorithms;
+        v
+    }
+}
+
+/// Decodes a JWKS document: every RSA, EC or OKP key usable with a configured algorithm (a JWK's
+/// own `alg` narrows it further). Symmetric keys are refused: secrets never come from a file or URL.
+pub fn keys_from_jwks(doc: &[u8], rules: &KeyRules) -> Result<Vec<VerifyKey>, Vec<String>> {
+    use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+    let set: JwkSet = serde_json::from_slice(doc).map_err(|e| vec![format!("not a JWKS document: {e}")])?;
+    let mut keys = Vec::new();
+    let mut problems = Vec::new();
+    for (i, jwk) in set.keys.iter().enumerate() {
+        let family = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => AlgorithmFamily::Rsa,
+            AlgorithmParameters::EllipticCurve(_) => AlgorithmFamily::Ec,
+            AlgorithmParameters::OctetKeyPair(_) => AlgorithmFamily::Ed,
+            _ => {
+                problems.push(format!(
+                    "key {i} is not an RSA, EC or OKP public key (symmetric secrets come from jwt_secret_env, never a file or URL)"
+                ));
+                continue;
+            }
+        };
+        let mut algs = rules.allowed(family);
+        if let Some(ka) = &jwk.common.key_algorithm {
+            let name = format!("{ka:?}");
+            algs.retain(|a| format!("{a:?}") == name);
+        }
+        if algs.is_empty() {
+            continue;
+        }
+        match DecodingKey::from_jwk(jwk) {
+            Ok(key) => {
+                keys.push(VerifyKey { kid: jwk.common.key_id.clone(), family, key, validation: rules.validation(algs) })
+            }
+            Err(e) => problems.push(format!("key {i} cannot be used: {e}")),
+        }
+    }
+    if problems.is_empty() { Ok(keys) } else { Err(problems) }
+}
+
+/// A refresh on an unknown `kid` happens at most this often, so forged kids cannot flood the
+/// identity provider.
+const UNKNOWN_KID_REFRESH_EVERY: Duration = Duration::from_secs(30);
+/// The largest JWKS document accepted.
+const MAX_JWKS_BYTES: usize = 1_048_576;
+
+pub type JwksClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Empty<bytes::Bytes>,
+>;
+
+/// Keys from `identity.jwks_url`: fetched before the snapshot serves, refreshed every
+/// `jwks_refresh` and on an unknown `kid`, decoded once per refresh and swapped whole. A failed
+/// refresh keeps the previous keys (and is counted in `tiergate_jwks_refreshes_total`).
+pub struct RemoteKeys {
+    pub url: http::Uri,
+    pub refresh: Duration,
+    rules: KeyRules,
+    keys: arc_swap::ArcSwap<Vec<VerifyKey>>,
+    client: JwksClient,
+    last_unknown_kid_refresh: std::sync::Mutex<Option<tokio::time::Instant>>,
+    refresh_lock: tokio::sync::Mutex<()>,
+}
+
+impl RemoteKeys {
+    pub fn new(url: http::Uri, refresh: Duration, rules: KeyRules, client: JwksClient) -> RemoteKeys {
+        RemoteKeys {
+            url,
+            refresh,
+            rules,
+            keys: arc_swap::ArcSwap::from_pointee(Vec::new()),
+            client,
+            last_unknown_kid_refresh: std::sync::Mutex::new(None),
+            refresh_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Fetches the document and swaps the keys in; on any failure the old keys stay.
+    pub async fn fetch(&self) -> Result<usize, String> {
+        let _one_at_a_time = self.refresh_lock.lock().await;
+        let result = self.fetch_keys().await;
+        crate::metrics::jwks_refresh(result.is_ok());
+        match result {
+            Ok(keys) => {
+                let n = keys.len();
+                self.keys.store(Arc::new(keys));
+                Ok(n)
+            }
+            Err(e) => {
+                tracing::warn!(url = %self.url, error = %e, "JWKS refresh failed; keeping the previous keys");
+                Err(e)
+            }
+        }
+    }
+
+    async fn fetch_keys(&self) -> Result<Vec<VerifyKey>, String> {
+        use http_body_util::BodyExt;
+        let req = http::Request::get(self.url.clone())
+            .header(http::header::ACCEPT, "application/jwk-set+json, application/json")
+            .body(http_body_util::Empty::new())
+            .map_err(|e| e.to_string())?;
+        let resp = tokio::time::timeout(Duration::from_secs(5), self.client.request(req))
+            .await
+            .map_err(|_| "timed out after 5 s".to_string())?
+            .map_err(|e| format!("request failed: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("answered {}", resp.status()));
+        }
+        let body = http_body_util::Limited::new(resp.into_body(), MAX_JWKS_BYTES);
+        let bytes = tokio::time::timeout(Duration::from_secs(5), body.collect())
+            .await
+            .map_err(|_| "timed out reading the body".to_string())?
+            .map_err(|e| format!("body: {e}"))?
+            .to_bytes();
+        let keys = keys_from_jwks(&bytes, &self.rules).map_err(|p| p.join("; "))?;
+        if keys.is_empty() {
+            return Err("the document has no key usable with jwt_algorithms".into());
+        }
+        Ok(keys)
+    }
+
+    /// Refreshes because a token named an unknown `kid`, unless that happened in the last 30 s.
+    pub async fn refresh_for_unknown_kid(&self) -> bool {
+        {
+            let mut last = self.last_unknown_kid_refresh.lock().unwrap_or_else(|p| p.into_inner());
+            let now = tokio::time::Instant::now();
+            if last.is_some_and(|t| now.duration_since(t) < UNKNOWN_KID_REFRESH_EVERY) {
+                return false;
+            }
+            *last = Some(now);
+        }
+        self.fetch().await.is_ok()
+    }
+
+    /// Refreshes every `refresh` for as long as these keys are in use (the task holds a weak handle).
+    pub fn spawn_refresher(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let every = self.refresh.max(Duration::from_secs(1));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(keys) = weak.upgrade() else { break };
+                let _ = keys.fetch().await;
+            }
+        });
     }
 }
 

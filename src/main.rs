@@ -181,6 +181,12 @@ fn init_logging(default: &str) {
 async fn run(snapshot: Snapshot, config_path: PathBuf) -> ExitCode {
     let server = match tiergate::server::start(snapshot).await {
         Ok(s) => s,
+        Err(tiergate::server::StartError::Config(errs)) => {
+            for e in &errs.0 {
+                eprintln!("tiergate: {e}");
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
             eprintln!("tiergate: {e}");

@@ -21,6 +21,7 @@ pub const STORAGE_FALLBACK: &str = "tiergate_storage_fallback";
 pub const INFLIGHT: &str = "tiergate_inflight_requests";
 pub const CONFIG_RELOADS: &str = "tiergate_config_reloads_total";
 pub const BUILD_INFO: &str = "tiergate_build_info";
+pub const JWKS_REFRESHES: &str = "tiergate_jwks_refreshes_total";
 
 /// Tier label for requests that have no tier (exempt, unauthorized, malformed).
 pub const NO_TIER: &str = "none";
@@ -131,6 +132,7 @@ fn describe() {
     metrics::describe_gauge!(INFLIGHT, "Requests in flight (until the response body ends).");
     metrics::describe_counter!(CONFIG_RELOADS, Unit::Count, "Configuration reloads by result (success, error).");
     metrics::describe_gauge!(BUILD_INFO, "Always 1; the version label names the running build.");
+    metrics::describe_counter!(JWKS_REFRESHES, Unit::Count, "Fetches of identity.jwks_url by result (success, error).");
 }
 
 /// Metric handles for one snapshot: every label combination resolved up front.
@@ -176,6 +178,11 @@ impl Handles {
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
         self.upstream_errors[kind as usize].increment(1);
     }
+}
+
+/// Counts a JWKS fetch.
+pub fn jwks_refresh(success: bool) {
+    metrics::counter!(JWKS_REFRESHES, "result" => if success { "success" } else { "error" }).increment(1);
 }
 
 /// Counts a reload attempt.

@@ -25,7 +25,7 @@ use crate::config::Class;
 use crate::config::TierSource;
 use crate::error::ProxyError;
 use crate::forward::{self, ForwardError, Upstream, UpstreamClient};
-use crate::identity::Identity;
+use crate::identity::{IdentifyError, Identity};
 use crate::limit::{Decision, IdentityKey, Limiter};
 use crate::metrics::Outcome;
 use crate::server::ConnActivity;
@@ -236,7 +236,17 @@ impl Proxy {
 impl Proxy {
     /// The caller's identity; with `tier_source = "redis"`, a user's tier comes from Redis when set.
     async fn identify(&self, snap: &Snapshot, conn: &ConnInfo, headers: &HeaderMap) -> Result<Identity, ProxyError> {
-        let mut identity = snap.identity.identify(headers, conn.peer).map_err(|_| ProxyError::Unauthorized)?;
+        let mut identity = match snap.identity.identify(headers, conn.peer, true) {
+            Ok(identity) => identity,
+            // A key rotation at the identity provider: refresh the remote keys (rate-limited), retry once.
+            Err(IdentifyError::UnknownKid) => {
+                if let Some(remote) = &snap.identity.remote {
+                    remote.refresh_for_unknown_kid().await;
+                }
+                snap.identity.identify(headers, conn.peer, false).map_err(|_| ProxyError::Unauthorized)?
+            }
+            Err(IdentifyError::Invalid) => return Err(ProxyError::Unauthorized),
+        };
         if snap.config.identity.tier_source == TierSource::Redis
             && let IdentityKey::User(user) = &identity.key
         {

@@ -61,12 +61,16 @@ impl Reloader {
     }
 
     /// Reloads now; returns whether a new snapshot was published.
-    pub fn reload(&mut self, trigger: Trigger) -> bool {
+    pub async fn reload(&mut self, trigger: Trigger) -> bool {
         let fingerprint = self.fingerprint();
         if trigger != Trigger::Signal && fingerprint == Some(self.last) {
             return false;
         }
         let compiled = Config::load(&self.path).and_then(|c| Snapshot::compile(c, &self.secrets));
+        let compiled = match compiled {
+            Ok(snapshot) => snapshot.prepare().await.map(|()| snapshot),
+            Err(e) => Err(e),
+        };
         match compiled {
             Ok(snapshot) => {
                 let old = self.proxy.snapshot.load();
@@ -107,7 +111,7 @@ impl Reloader {
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => Trigger::Signal,
                 _ = poll.tick() => Trigger::Poll,
             };
-            self.reload(trigger);
+            self.reload(trigger).await;
         }
     }
 

@@ -44,6 +44,8 @@ pub enum StartError {
     },
     #[error("storage: {0}")]
     Store(#[from] crate::limit::redis::StoreError),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigErrors),
 }
 
 /// Per-connection activity: requests in flight (idle timeout) and what the head sniffer saw.
@@ -125,6 +127,9 @@ pub fn install_crypto_provider() {
 
 pub async fn start_with_clock(snapshot: Snapshot, clock: Clock) -> Result<Server, StartError> {
     install_crypto_provider();
+    // Remote keys are fetched before any port is bound: a sidecar that cannot verify tokens must
+    // not report ready.
+    snapshot.prepare().await?;
     let listen = snapshot.config.server.listen;
     let admin_listen = snapshot.config.server.admin_listen;
     let listener = TcpListener::bind(listen).await.map_err(|source| StartError::Bind {
@@ -147,6 +152,7 @@ pub async fn start_with_clock(snapshot: Snapshot, clock: Clock) -> Result<Server
 
     let handle = crate::metrics::install();
     let snapshot_redis = snapshot.redis.clone();
+    let snapshot_ca = snapshot.config.server.upstream_ca_file.clone();
     let proxy = Arc::new(Proxy {
         snapshot: ArcSwap::from_pointee(snapshot),
         limiter: match &snapshot_redis {
@@ -154,7 +160,8 @@ pub async fn start_with_clock(snapshot: Snapshot, clock: Clock) -> Result<Server
             None => Limiter::memory(clock),
         },
         tier_cache: crate::proxy::TierCache::default(),
-        client: crate::forward::client(),
+        client: crate::forward::client(snapshot_ca.as_deref())
+            .map_err(|e| crate::config::ConfigErrors(vec![format!("server.upstream_ca_file: {e}")]))?,
         ready: std::sync::atomic::AtomicBool::new(true),
         tunnels: TaskTracker::new(),
     });

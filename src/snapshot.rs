@@ -12,14 +12,13 @@ use std::sync::Arc;
 
 use http::uri::{Authority, Scheme};
 use http::{HeaderName, HeaderValue};
-use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 
 use crate::config::{
     Algorithm as LimitAlgorithm, Backend, Class, Config, ConfigErrors, TierConfig, TierSource, format_duration,
 };
 use crate::headers::{Decorator, policy_header};
-use crate::identity::{Verifier, VerifyKey};
+use crate::identity::{KeyRules, RemoteKeys, Verifier, VerifyKey, keys_from_jwks};
 use crate::limit::{Plan, RedisTarget, WindowSpec};
 use crate::metrics::Handles;
 use crate::route::{Route, RouteTable};
@@ -105,7 +104,7 @@ impl Snapshot {
             tiers.iter().enumerate().map(|(i, t)| (t.name.to_string(), i)).collect();
         let index_of = |name: &str| tier_index.get(name).copied().unwrap_or(0);
 
-        let keys = compile_keys(&config, secrets, &mut errors);
+        let (keys, remote_keys) = compile_keys(&config, secrets, &mut errors);
         let id = &config.identity;
         let identity = Verifier::new(
             id.jwt_algorithms.clone(),
@@ -118,6 +117,7 @@ impl Snapshot {
             id.invalid_token,
             config.server.trusted_proxies.clone(),
             id.leeway,
+            remote_keys,
         );
 
         let routes = RouteTable::new(
@@ -146,6 +146,11 @@ impl Snapshot {
             };
 
         let redis = compile_redis(&config, secrets, &mut errors);
+        if let Some(ca) = &config.server.upstream_ca_file
+            && let Err(e) = crate::forward::https_connector(Some(ca))
+        {
+            errors.push(format!("server.upstream_ca_file: {e}"));
+        }
         let tls = match &config.tls {
             Some(t) => match crate::tls::load_certified_key(&t.cert_file, &t.key_file) {
                 Ok(k) => Some(Arc::new(k)),
@@ -176,6 +181,21 @@ impl Snapshot {
             tiers,
             config,
         })
+    }
+
+    /// What must happen before this snapshot serves: fetch the `jwks_url` keys (a failure is fatal
+    /// unless a `jwks_file` gives keys to fall back on), then keep them refreshed.
+    pub async fn prepare(&self) -> Result<(), ConfigErrors> {
+        let Some(remote) = &self.identity.remote else { return Ok(()) };
+        if let Err(e) = remote.fetch().await {
+            let problem = format!("identity.jwks_url: cannot fetch keys from {}: {e}", remote.url);
+            if self.config.identity.jwks_file.is_none() {
+                return Err(ConfigErrors(vec![problem]));
+            }
+            tracing::warn!("{problem}; serving with identity.jwks_file until a refresh succeeds");
+        }
+        remote.spawn_refresher();
+        Ok(())
     }
 
     /// The effective tiers and limits, as `tiergate check` prints them.
@@ -330,46 +350,44 @@ fn compile_redis(config: &Config, secrets: &Secrets, errors: &mut Vec<String>) -
 
 /// The keys tokens may be verified with, one per configured source, each with the algorithms it may
 /// be used for (configured ∩ key family): an HS token can never be checked against a public key.
-fn compile_keys(config: &Config, secrets: &Secrets, errors: &mut Vec<String>) -> Vec<VerifyKey> {
+fn compile_keys(
+    config: &Config,
+    secrets: &Secrets,
+    errors: &mut Vec<String>,
+) -> (Vec<VerifyKey>, Option<Arc<RemoteKeys>>) {
     let id = &config.identity;
-    let allowed = |family: AlgorithmFamily| -> Vec<Algorithm> {
-        id.jwt_algorithms.iter().copied().filter(|a| a.family() == family).collect()
-    };
-    let validation = |algs: Vec<Algorithm>| {
-        let mut v = Validation::new(algs.first().copied().unwrap_or(Algorithm::HS256));
-        v.algorithms = algs;
-        v.leeway = id.leeway.as_secs();
-        v.validate_exp = true;
-        v.validate_nbf = true;
-        v.set_required_spec_claims(&["exp"]);
-        if let Some(iss) = &id.issuer {
-            v.set_issuer(&[iss]);
-            v.required_spec_claims.insert("iss".into());
+    let mut template = Validation::new(Algorithm::HS256);
+    template.leeway = id.leeway.as_secs();
+    template.validate_exp = true;
+    template.validate_nbf = true;
+    template.set_required_spec_claims(&["exp"]);
+    if let Some(iss) = &id.issuer {
+        template.set_issuer(&[iss]);
+        template.required_spec_claims.insert("iss".into());
+    }
+    match &id.audience {
+        Some(aud) => {
+            template.set_audience(&[aud]);
+            template.required_spec_claims.insert("aud".into());
         }
-        match &id.audience {
-            Some(aud) => {
-                v.set_audience(&[aud]);
-                v.required_spec_claims.insert("aud".into());
-            }
-            None => v.validate_aud = false,
-        }
-        v
-    };
+        None => template.validate_aud = false,
+    }
+    let rules = KeyRules { algorithms: id.jwt_algorithms.clone(), template };
     let mut keys = Vec::new();
 
-    let hmac = allowed(AlgorithmFamily::Hmac);
+    let hmac = rules.allowed(AlgorithmFamily::Hmac);
     if !hmac.is_empty() {
         match secrets.get(&id.jwt_secret_env) {
             Some(secret) if !secret.is_empty() => keys.push(VerifyKey {
                 kid: None,
                 family: AlgorithmFamily::Hmac,
                 key: DecodingKey::from_secret(secret.as_bytes()),
-                validation: validation(hmac),
+                validation: rules.validation(hmac),
             }),
             _ => errors.push(format!(
                 "identity.jwt_secret_env: environment variable {} is not set or empty (needed for {})",
                 id.jwt_secret_env,
-                alg_names(&allowed(AlgorithmFamily::Hmac))
+                alg_names(&hmac)
             )),
         }
     }
@@ -380,7 +398,7 @@ fn compile_keys(config: &Config, secrets: &Secrets, errors: &mut Vec<String>) ->
             Ok(pem) => {
                 let mut parsed = false;
                 for family in public_families {
-                    let algs = allowed(family);
+                    let algs = rules.allowed(family);
                     if algs.is_empty() {
                         continue;
                     }
@@ -390,7 +408,7 @@ fn compile_keys(config: &Config, secrets: &Secrets, errors: &mut Vec<String>) ->
                         _ => DecodingKey::from_ed_pem(&pem),
                     };
                     if let Ok(key) = key {
-                        keys.push(VerifyKey { kid: None, family, key, validation: validation(algs) });
+                        keys.push(VerifyKey { kid: None, family, key, validation: rules.validation(algs) });
                         parsed = true;
                     }
                 }
@@ -407,56 +425,50 @@ fn compile_keys(config: &Config, secrets: &Secrets, errors: &mut Vec<String>) ->
     }
 
     if let Some(path) = &id.jwks_file {
-        match std::fs::read(path)
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice::<JwkSet>(&b).map_err(|e| e.to_string()))
-        {
-            Ok(set) => {
-                for (i, jwk) in set.keys.iter().enumerate() {
-                    let family = match &jwk.algorithm {
-                        AlgorithmParameters::RSA(_) => AlgorithmFamily::Rsa,
-                        AlgorithmParameters::EllipticCurve(_) => AlgorithmFamily::Ec,
-                        AlgorithmParameters::OctetKeyPair(_) => AlgorithmFamily::Ed,
-                        _ => {
-                            errors.push(format!("identity.jwks_file: key {i} is not an RSA, EC or OKP public key (symmetric secrets come from jwt_secret_env, never a file)"));
-                            continue;
-                        }
-                    };
-                    let mut algs = allowed(family);
-                    if let Some(ka) = &jwk.common.key_algorithm {
-                        let name = format!("{ka:?}");
-                        algs.retain(|a| format!("{a:?}") == name);
-                    }
-                    if algs.is_empty() {
-                        continue;
-                    }
-                    match DecodingKey::from_jwk(jwk) {
-                        Ok(key) => keys.push(VerifyKey {
-                            kid: jwk.common.key_id.clone(),
-                            family,
-                            key,
-                            validation: validation(algs),
-                        }),
-                        Err(e) => errors.push(format!("identity.jwks_file: key {i} cannot be used: {e}")),
-                    }
+        match std::fs::read(path) {
+            Ok(doc) => match keys_from_jwks(&doc, &rules) {
+                Ok(found) => keys.extend(found),
+                Err(problems) => {
+                    errors.extend(problems.into_iter().map(|p| format!("identity.jwks_file: {}: {p}", path.display())))
                 }
-            }
-            Err(e) => {
-                errors.push(format!("identity.jwks_file: cannot read {} as a JWKS document: {e}", path.display()))
-            }
+            },
+            Err(e) => errors.push(format!("identity.jwks_file: cannot read {}: {e}", path.display())),
         }
     }
 
+    let remote = match &id.jwks_url {
+        None => None,
+        Some(url) => match url.parse::<http::Uri>() {
+            Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() => {
+                match crate::forward::https_connector(id.jwks_ca_file.as_deref()) {
+                    Ok(connector) => {
+                        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                            .build(connector);
+                        Some(Arc::new(RemoteKeys::new(uri, id.jwks_refresh, rules.clone(), client)))
+                    }
+                    Err(e) => {
+                        errors.push(format!("identity.jwks_ca_file: {e}"));
+                        None
+                    }
+                }
+            }
+            _ => {
+                errors.push(format!("identity.jwks_url: expected an http:// or https:// URL, got {url:?}"));
+                None
+            }
+        },
+    };
+
     for family in public_families {
-        let algs = allowed(family);
-        if !algs.is_empty() && !keys.iter().any(|k| k.family == family) && errors.is_empty() {
+        let algs = rules.allowed(family);
+        if !algs.is_empty() && remote.is_none() && !keys.iter().any(|k| k.family == family) && errors.is_empty() {
             errors.push(format!(
-                "identity.jwt_algorithms: {} need a public key: set identity.jwt_public_key_file or identity.jwks_file",
+                "identity.jwt_algorithms: {} need a public key: set identity.jwt_public_key_file, jwks_file or jwks_url",
                 alg_names(&algs)
             ));
         }
     }
-    keys
+    (keys, remote)
 }
 
 fn alg_names(algs: &[Algorithm]) -> String {
