@@ -18,7 +18,7 @@
 #   TIERGATE_BIN     a tiergate binary for `tiergate check` on the k8s configs (default: target/release
 #                    or target/debug if built; that check is skipped when there is none)
 #
-# The last line is always "deploy checks: N passed, M failed".
+# The last line is always "deploy-checks: N passed, M failed".
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -483,5 +483,5 @@ echo "validated against Kubernetes ${KVERSIONS[*]}"
 if ((failed > 0)); then
     printf 'failed: %s\n' "${failures[@]}"
 fi
-echo "deploy checks: $passed passed, $failed failed"
+echo "deploy-checks: $passed passed, $failed failed"
 ((failed == 0))

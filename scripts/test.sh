@@ -25,3 +25,5 @@ echo "test.sh: cargo test"
 cargo test --all-targets "$@"
 echo "test.sh: deployment assets (Dockerfile, k8s/, monitoring/)"
 TIERGATE_BIN=target/debug/tiergate ./scripts/check-deploy.sh
+echo "test.sh: k6 smoke test against tiergate demo (+ promtool check metrics on its live scrape)"
+TIERGATE_BIN=target/debug/tiergate ./scripts/k6-smoke.sh
