@@ -69,8 +69,9 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
         let snap = self.snapshot.load_full();
+        // For the log line only: cheap clones (standard methods are inline, a Uri shares its bytes).
         let method = req.method().clone();
-        let path = req.uri().path().to_owned();
+        let uri = req.uri().clone();
         let inflight = InflightGuard::new(&snap.metrics.inflight, &conn.activity);
         let mut ctx = Ctx { tier: None, class: Class::General, outcome: Outcome::Allowed, decision: None };
 
@@ -98,9 +99,9 @@ impl Proxy {
         let status = resp.status().as_u16();
         if matches!(ctx.outcome, Outcome::Limited | Outcome::ShadowLimited | Outcome::TooLarge | Outcome::Unauthorized)
         {
-            tracing::info!(%method, path, status, tier, class = ctx.class.as_str(), decision = ctx.outcome.as_str(), peer = %conn.peer, "request refused");
+            tracing::info!(%method, path = uri.path(), status, tier, class = ctx.class.as_str(), decision = ctx.outcome.as_str(), peer = %conn.peer, "request refused");
         } else {
-            tracing::debug!(%method, path, status, tier, class = ctx.class.as_str(), decision = ctx.outcome.as_str(), seconds = elapsed, "request");
+            tracing::debug!(%method, path = uri.path(), status, tier, class = ctx.class.as_str(), decision = ctx.outcome.as_str(), seconds = elapsed, "request");
         }
         Ok(resp)
     }
@@ -130,7 +131,8 @@ impl Proxy {
 
         let mut lease = None;
         let mut body = RequestBody::new(body);
-        let exceeded = Arc::new(AtomicBool::new(false));
+        // Set when a body of undeclared length grows past the upload cap (allocated only then).
+        let mut exceeded: Option<Arc<AtomicBool>> = None;
         if route.class == Class::Exempt {
             ctx.outcome = Outcome::Exempt;
         } else {
@@ -146,7 +148,11 @@ impl Proxy {
                         return Err(ProxyError::TooLarge { tier: tier.name.clone(), limit_bytes: cap });
                     }
                     Some(_) => {}
-                    None => body = body.with_cap(cap, Arc::clone(&exceeded)),
+                    None => {
+                        let flag = Arc::new(AtomicBool::new(false));
+                        body = body.with_cap(cap, Arc::clone(&flag));
+                        exceeded = Some(flag);
+                    }
                 }
             }
 
@@ -198,11 +204,13 @@ impl Proxy {
         let mut resp = match sent {
             Ok(resp) => resp,
             Err(e) => {
-                if exceeded.load(Ordering::Acquire) {
-                    let tier = ctx.tier.map(|t| snap.tiers[t].name.clone()).unwrap_or_else(|| Arc::from("none"));
-                    ctx.outcome = Outcome::TooLarge;
-                    let limit_bytes = ctx.tier.and_then(|t| snap.tiers[t].upload_cap).unwrap_or(0);
-                    return Err(ProxyError::TooLarge { tier, limit_bytes });
+                if exceeded.is_some_and(|f| f.load(Ordering::Acquire))
+                    && let Some(tier) = ctx.tier.map(|t| &snap.tiers[t])
+                {
+                    return Err(ProxyError::TooLarge {
+                        tier: tier.name.clone(),
+                        limit_bytes: tier.upload_cap.unwrap_or(0),
+                    });
                 }
                 snap.metrics.upstream_error(e.kind());
                 tracing::warn!(error = ?e, upstream = %snap.upstream_authority, "upstream request failed");
