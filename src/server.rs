@@ -2,11 +2,11 @@
 //! hyper-util's auto builder (HTTP/1.1 and h2c on one port), enforce the header-read and idle
 //! timeouts, and drain on shutdown within `shutdown_grace`.
 //!
-//! Timeouts: HTTP/1.1 uses hyper's header-read timer, which hyper starts whenever it waits for a
-//! request head, so an idle HTTP/1.1 keep-alive connection closes after
-//! min(`idle_timeout`, `header_read_timeout`). `idle_timeout` is enforced here for both protocols
-//! by a per-connection watchdog that closes the connection gracefully once no request has been in
-//! flight for that long.
+//! Timeouts are enforced by one watchdog per connection, from what the connection's head sniffer
+//! sees: `header_read_timeout` runs from the accept (first request) or from the first byte of a
+//! later request head until the head is complete — past it the connection is dropped; `idle_timeout`
+//! runs while no request is in flight and no head is being read — past it the connection is closed
+//! gracefully. (hyper's own header timer is off: it also runs while a keep-alive connection idles.)
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -58,6 +58,8 @@ pub struct ConnActivity {
     cl_and_te: AtomicBool,
     /// A request finished: the sniffer should read the next request head.
     rearm: AtomicBool,
+    /// 1 + milliseconds after `born` at which the request head being read began; 0: none.
+    head_since: AtomicU64,
 }
 
 impl ConnActivity {
@@ -68,6 +70,8 @@ impl ConnActivity {
             last_ms: AtomicU64::new(0),
             cl_and_te: AtomicBool::new(false),
             rearm: AtomicBool::new(false),
+            // A new connection owes us a request head from the moment it is accepted.
+            head_since: AtomicU64::new(1),
         }
     }
 
@@ -87,12 +91,30 @@ impl ConnActivity {
         self.cl_and_te.load(Ordering::Acquire)
     }
 
-    /// When the connection becomes idle-expired if nothing happens; `None`: a request is in flight.
+    /// When the connection becomes idle-expired if nothing happens; `None`: a request is in flight
+    /// or a request head is being read.
     fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
-        if self.active.load(Ordering::Acquire) > 0 {
+        if self.active.load(Ordering::Acquire) > 0 || self.head_since.load(Ordering::Acquire) != 0 {
             return None;
         }
         Some(self.born + Duration::from_millis(self.last_ms.load(Ordering::Acquire)) + idle)
+    }
+
+    /// When the request head being read must be complete; `None`: no head is being read.
+    fn head_deadline(&self, header_read_timeout: Duration) -> Option<Instant> {
+        match self.head_since.load(Ordering::Acquire) {
+            0 => None,
+            since => Some(self.born + Duration::from_millis(since - 1) + header_read_timeout),
+        }
+    }
+
+    fn mark_head(&self, reading: bool) {
+        if reading {
+            let now = self.born.elapsed().as_millis() as u64 + 1;
+            let _ = self.head_since.compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
+        } else {
+            self.head_since.store(0, Ordering::Release);
+        }
     }
 }
 
@@ -282,12 +304,9 @@ where
     let service = service_fn(move |req| Arc::clone(&proxy).handle(Arc::clone(&info), req));
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
-        .max_buf_size(max_header_bytes)
-        .keep_alive(true);
+    // The header-read timeout is enforced below from what the sniffer sees: hyper's own timer would
+    // also run while an idle keep-alive connection waits, closing it long before idle_timeout.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(None).max_buf_size(max_header_bytes).keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -301,6 +320,8 @@ where
     let mut closing = false;
     loop {
         let idle_at = activity.idle_deadline(idle_timeout).unwrap_or_else(|| Instant::now() + idle_timeout);
+        let head_at = activity.head_deadline(header_read_timeout);
+        let wake_at = head_at.map_or(idle_at, |h| h.min(idle_at));
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
@@ -312,8 +333,14 @@ where
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            _ = tokio::time::sleep_until(idle_at), if !closing => {
-                if activity.idle_deadline(idle_timeout).is_some_and(|at| at <= Instant::now()) {
+            _ = tokio::time::sleep_until(wake_at) => {
+                let now = Instant::now();
+                if activity.head_deadline(header_read_timeout).is_some_and(|at| at <= now) {
+                    // A head that is not complete in time (slowloris): drop the connection.
+                    tracing::debug!(%peer, "request head not complete within header_read_timeout; closing");
+                    break;
+                }
+                if !closing && activity.idle_deadline(idle_timeout).is_some_and(|at| at <= now) {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
@@ -342,8 +369,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for SniffedStream<S> {
         if this.activity.rearm.swap(false, Ordering::AcqRel) {
             this.sniffer.rearm();
         }
-        if this.sniffer.scanning && this.sniffer.feed(&buf.filled()[before..]) {
-            this.activity.cl_and_te.store(true, Ordering::Release);
+        let fresh = &buf.filled()[before..];
+        if this.sniffer.scanning && !fresh.is_empty() {
+            this.activity.mark_head(true);
+            if this.sniffer.feed(fresh) {
+                this.activity.cl_and_te.store(true, Ordering::Release);
+            }
+            if !this.sniffer.scanning {
+                // The head is complete (or the connection turned out to speak h2).
+                this.activity.mark_head(false);
+            }
         }
         result
     }

@@ -236,6 +236,27 @@ async fn idle_keepalive_connections_are_closed() {
 }
 
 #[tokio::test]
+async fn keepalive_connections_idle_for_idle_timeout_not_header_read_timeout() {
+    // A short head budget must not cut idle keep-alive connections: only idle_timeout does.
+    let config = format!("{SERVER}{IDENTITY}{TIERS}")
+        .replace("[server]\n", "[server]\nidle_timeout = \"2s\"\nheader_read_timeout = \"300ms\"\n");
+    let gate = Gate::start(&config).await;
+    let mut s = tokio::net::TcpStream::connect(gate.server.addr).await.unwrap();
+    let mut buf = vec![0u8; 8192];
+    for round in 0..2 {
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await.unwrap().unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "round {round}");
+        // Idle for longer than header_read_timeout, shorter than idle_timeout: still open.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+    }
+    let started = std::time::Instant::now();
+    let closed = matches!(tokio::time::timeout(Duration::from_secs(4), s.read(&mut buf)).await, Ok(Ok(0)) | Ok(Err(_)));
+    assert!(closed, "idle connection stayed open past idle_timeout");
+    assert!(started.elapsed() >= Duration::from_millis(800), "closed after {:?}", started.elapsed());
+}
+
+#[tokio::test]
 async fn trusted_proxies_decide_whose_forwarded_for_counts() {
     // Untrusted peer: X-Forwarded-For cannot buy a fresh budget.
     let gate = Gate::default_with("").await;
