@@ -169,6 +169,9 @@ pub struct IdentityConfig {
     pub tier_claim: String,
     pub default_tier: String,
     pub anonymous_tier: String,
+    /// Anonymous IPv6 callers are counted per network of this prefix length (one customer's /64 is
+    /// one caller: rotating addresses inside it does not buy a fresh budget).
+    pub anonymous_ipv6_prefix: u8,
     pub invalid_token: InvalidToken,
     pub tier_source: TierSource,
     pub tier_cache_ttl: Duration,
@@ -680,6 +683,10 @@ fn read_identity(value: Option<&toml::Value>, errors: &mut Vec<String>) -> Ident
     let tier_claim = s.string("tier_claim", "tier");
     let default_tier = s.string("default_tier", "free");
     let anonymous_tier = s.string("anonymous_tier", "free");
+    let ipv6_prefix = s.int("anonymous_ipv6_prefix", 64);
+    if !(32..=128).contains(&ipv6_prefix) {
+        s.problem("anonymous_ipv6_prefix", format!("expected a prefix length from 32 to 128, got {ipv6_prefix}"));
+    }
     let invalid_token = s.choice(
         "invalid_token",
         InvalidToken::Reject,
@@ -706,6 +713,7 @@ fn read_identity(value: Option<&toml::Value>, errors: &mut Vec<String>) -> Ident
         tier_claim,
         default_tier,
         anonymous_tier,
+        anonymous_ipv6_prefix: ipv6_prefix.clamp(32, 128) as u8,
         invalid_token,
         tier_source,
         tier_cache_ttl,

@@ -69,6 +69,8 @@ pub struct Verifier {
     pub leeway: Duration,
     /// Keys fetched from `jwks_url`, refreshed in the background.
     pub remote: Option<Arc<RemoteKeys>>,
+    /// Anonymous IPv6 callers are counted per network of this length.
+    pub ipv6_prefix: u8,
     cache: DashMap<Box<str>, Cached>,
 }
 
@@ -93,6 +95,7 @@ impl Verifier {
         trusted_proxies: Vec<IpNet>,
         leeway: Duration,
         remote: Option<Arc<RemoteKeys>>,
+        ipv6_prefix: u8,
     ) -> Verifier {
         Verifier {
             algorithms,
@@ -106,6 +109,7 @@ impl Verifier {
             trusted_proxies,
             leeway,
             remote,
+            ipv6_prefix,
             cache: DashMap::new(),
         }
     }
@@ -149,7 +153,11 @@ impl Verifier {
 
     fn anonymous(&self, headers: &HeaderMap, peer: SocketAddr) -> Identity {
         let ip = client_ip(peer.ip(), headers, &self.trusted_proxies);
-        Identity { key: IdentityKey::Ip(ip), tier: self.anonymous_tier, user_header: None }
+        Identity {
+            key: IdentityKey::Ip(counted_network(ip, self.ipv6_prefix)),
+            tier: self.anonymous_tier,
+            user_header: None,
+        }
     }
 
     /// Verifies a token, or answers from the cache of tokens already verified.
@@ -425,6 +433,19 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
     last
 }
 
+/// The address an anonymous caller is counted under: IPv4 as is, IPv6 cut to its network (`prefix`
+/// bits), since one client commonly holds a whole /64.
+pub fn counted_network(ip: IpAddr, prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            let mask = if prefix >= 128 { u128::MAX } else { !(u128::MAX >> prefix) };
+            IpAddr::V6(std::net::Ipv6Addr::from(bits & mask))
+        }
+    }
+}
+
 fn parse_forwarded_ip(s: &str) -> Option<IpAddr> {
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Some(ip.to_canonical());
@@ -495,6 +516,17 @@ mod tests {
         // Ports and IPv4-mapped addresses.
         assert_eq!(client_ip(ip("10.0.0.2"), &headers(&["[2001:db8::1]:443"]), &trusted), ip("2001:db8::1"));
         assert_eq!(client_ip(ip("::ffff:10.0.0.2"), &headers(&["1.2.3.4:80"]), &trusted), ip("1.2.3.4"));
+    }
+
+    #[test]
+    fn ipv6_callers_are_counted_per_network() {
+        let a = counted_network(ip("2001:db8:1:2:aaaa::1"), 64);
+        let b = counted_network(ip("2001:db8:1:2:ffff:1:2:3"), 64);
+        assert_eq!(a, b);
+        assert_eq!(a, ip("2001:db8:1:2::"));
+        assert_ne!(a, counted_network(ip("2001:db8:1:3::1"), 64));
+        assert_eq!(counted_network(ip("2001:db8::1"), 128), ip("2001:db8::1"));
+        assert_eq!(counted_network(ip("203.0.113.7"), 64), ip("203.0.113.7"));
     }
 
     #[test]

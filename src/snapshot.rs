@@ -118,6 +118,7 @@ impl Snapshot {
             config.server.trusted_proxies.clone(),
             id.leeway,
             remote_keys,
+            id.anonymous_ipv6_prefix,
         );
 
         let routes = RouteTable::new(

@@ -279,4 +279,11 @@ async fn trusted_proxies_decide_whose_forwarded_for_counts() {
     assert_eq!(get(&gate.url("/api/x"), &[("x-forwarded-for", "203.0.113.2")]).await.status, 200);
     // Leftmost-spoofing does not help: the rightmost untrusted entry is what counts.
     assert_eq!(get(&gate.url("/api/x"), &[("x-forwarded-for", "198.51.100.7, 203.0.113.1")]).await.status, 429);
+    // IPv6 clients are counted per /64: rotating addresses inside it shares one budget.
+    for i in 1..=3 {
+        let addr = format!("2001:db8:aa:bb::{i}");
+        assert_eq!(get(&gate.url("/api/x"), &[("x-forwarded-for", &addr)]).await.status, 200);
+    }
+    assert_eq!(get(&gate.url("/api/x"), &[("x-forwarded-for", "2001:db8:aa:bb:ffff::9")]).await.status, 429);
+    assert_eq!(get(&gate.url("/api/x"), &[("x-forwarded-for", "2001:db8:aa:cc::1")]).await.status, 200);
 }
