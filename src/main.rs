@@ -158,7 +158,15 @@ fn token(path: &std::path::Path, sub: &str, tier: &str, ttl: &str, secret_env: O
 fn runtime(workers: Option<usize>) -> Option<tokio::runtime::Runtime> {
     // Explicit: tokio would otherwise follow the host's cores, not the container's CPU allowance.
     let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    match tokio::runtime::Builder::new_multi_thread().worker_threads(workers.max(1)).enable_all().build() {
+    // One worker: a current-thread runtime does the same work without the work-stealing machinery.
+    let mut builder = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    match builder.enable_all().build() {
         Ok(rt) => Some(rt),
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
