@@ -144,6 +144,8 @@ pub struct StorageConfig {
     pub backend: Backend,
     pub url: String,
     pub cluster_nodes: Vec<String>,
+    /// PEM roots for `rediss://` (instead of Mozilla's roots), e.g. a private CA.
+    pub ca_file: Option<PathBuf>,
     pub key_prefix: String,
     pub timeout: Duration,
     pub on_error: OnError,
@@ -591,6 +593,7 @@ fn read_storage(value: Option<&toml::Value>, errors: &mut Vec<String>) -> Storag
     let backend = s.choice("backend", Backend::Memory, &[("memory", Backend::Memory), ("redis", Backend::Redis)]);
     let url = s.string("url", "redis://127.0.0.1:6379/0");
     let cluster_nodes = s.strings("cluster_nodes", &[]);
+    let ca_file = s.opt_string("ca_file").map(PathBuf::from);
     let key_prefix = s.string("key_prefix", "rate_limit");
     if key_prefix.is_empty() || key_prefix.contains(['{', '}', ' ']) {
         s.problem("key_prefix", format!("expected a non-empty prefix without braces or spaces, got {key_prefix:?}"));
@@ -615,6 +618,7 @@ fn read_storage(value: Option<&toml::Value>, errors: &mut Vec<String>) -> Storag
         backend,
         url,
         cluster_nodes,
+        ca_file,
         key_prefix,
         timeout,
         on_error,

@@ -340,9 +340,24 @@ fn compile_redis(config: &Config, secrets: &Secrets, errors: &mut Vec<String>) -
             }
         }
     }
+    let ca_pem = match &st.ca_file {
+        None => None,
+        Some(path) => match std::fs::read(path) {
+            Ok(pem) if String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") => Some(pem),
+            Ok(_) => {
+                errors.push(format!("storage.ca_file: {} holds no PEM certificate", path.display()));
+                None
+            }
+            Err(e) => {
+                errors.push(format!("storage.ca_file: cannot read {}: {e}", path.display()));
+                None
+            }
+        },
+    };
     Some(RedisTarget {
         url,
         cluster_nodes: st.cluster_nodes.clone(),
+        ca_pem,
         key_prefix: st.key_prefix.clone(),
         timeout: st.timeout,
         lease_ttl: st.lease_ttl,

@@ -475,6 +475,7 @@ async fn switching_algorithms_reuses_keys_without_errors() {
     let target = RedisTarget {
         url: redis.url(),
         cluster_nodes: vec![],
+        ca_pem: None,
         key_prefix: "switch".into(),
         timeout: Duration::from_secs(2),
         lease_ttl: Duration::from_secs(30),
@@ -511,6 +512,7 @@ async fn lua_script_matches_the_memory_model() {
     let target = RedisTarget {
         url: redis.url(),
         cluster_nodes: vec![],
+        ca_pem: None,
         key_prefix: "model".into(),
         timeout: Duration::from_secs(2),
         lease_ttl: Duration::from_secs(30),
@@ -552,4 +554,22 @@ async fn lua_script_matches_the_memory_model() {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn rediss_with_a_private_ca() {
+    let redis = RedisServer::start_tls();
+    let url = format!("rediss://127.0.0.1:{}/0", redis.port);
+    let cfg = config(&url, &format!("ca_file = \"{}\"", fixture("tls_ca.pem")), "");
+    let gate = Gate::start(&cfg).await;
+    let t = token("over-tls", "free");
+    for expected in ["2", "1", "0"] {
+        let r = get_as(&gate.url("/api/x"), &t).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-ratelimit-remaining"), Some(expected));
+    }
+    assert_eq!(get_as(&gate.url("/api/x"), &t).await.status, 429);
+    assert!(!redis.keys("rate_limit:{user:over-tls}:*").is_empty(), "counted in the TLS Redis");
+    let m = get(&format!("{}/metrics", gate.admin), &[]).await.body;
+    assert_eq!(metric(&m, "tiergate_storage_fallback", &[]), 0.0);
 }

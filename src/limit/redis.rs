@@ -97,6 +97,8 @@ pub struct RedisTarget {
     /// One Redis (`redis://` or `rediss://`), used when `cluster_nodes` is empty.
     pub url: String,
     pub cluster_nodes: Vec<String>,
+    /// PEM roots for `rediss://` (a private CA); `None`: Mozilla's roots.
+    pub ca_pem: Option<Vec<u8>>,
     pub key_prefix: String,
     pub timeout: Duration,
     pub lease_ttl: Duration,
@@ -158,7 +160,13 @@ impl RedisStore {
     pub fn start(target: &RedisTarget) -> Result<RedisStore, StoreError> {
         let conn: Arc<ArcSwapOption<Conn>> = Arc::new(ArcSwapOption::empty());
         if target.cluster_nodes.is_empty() {
-            let client = redis::Client::open(target.url.as_str())?;
+            let client = match &target.ca_pem {
+                Some(pem) => redis::Client::build_with_tls(
+                    target.url.as_str(),
+                    redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) },
+                )?,
+                None => redis::Client::open(target.url.as_str())?,
+            };
             let config = redis::aio::ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(target.timeout.max(Duration::from_millis(200))))
                 .set_response_timeout(Some(target.timeout.max(Duration::from_millis(100))))
@@ -167,7 +175,11 @@ impl RedisStore {
             let manager = ConnectionManager::new_lazy_with_config(client, config)?;
             conn.store(Some(Arc::new(Conn::Single(manager))));
         } else {
-            let client = redis::cluster::ClusterClient::builder(target.cluster_nodes.clone())
+            let mut builder = redis::cluster::ClusterClient::builder(target.cluster_nodes.clone());
+            if let Some(pem) = &target.ca_pem {
+                builder = builder.certs(redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) });
+            }
+            let client = builder
                 .connection_timeout(target.timeout.max(Duration::from_millis(200)))
                 .response_timeout(target.timeout.max(Duration::from_millis(100)))
                 .retries(1)

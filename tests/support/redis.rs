@@ -21,7 +21,13 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     cluster: bool,
+    /// Speaks only TLS (the test certificates from tests/fixtures).
+    tls: bool,
     child: Option<Child>,
+}
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
 impl RedisServer {
@@ -30,14 +36,29 @@ impl RedisServer {
     }
 
     fn start_on(port: u16, dir: PathBuf, cluster: bool) -> RedisServer {
-        let mut server = RedisServer { port, dir, cluster, child: None };
+        let mut server = RedisServer { port, dir, cluster, tls: false, child: None };
+        server.spawn();
+        server
+    }
+
+    /// A Redis that accepts only TLS, with a certificate for `localhost` from the test CA.
+    pub fn start_tls() -> RedisServer {
+        let mut server =
+            RedisServer { port: free_port(), dir: scratch_dir("tls"), cluster: false, tls: true, child: None };
         server.spawn();
         server
     }
 
     fn spawn(&mut self) {
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        if self.tls {
+            cmd.args(["--port", "0", "--tls-port", &self.port.to_string(), "--tls-auth-clients", "no"])
+                .args(["--tls-cert-file", &fixture("tls_server1.pem"), "--tls-key-file", &fixture("tls_server1.key")])
+                .args(["--tls-ca-cert-file", &fixture("tls_ca.pem")]);
+        } else {
+            cmd.args(["--port", &self.port.to_string()]);
+        }
+        cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -66,8 +87,11 @@ impl RedisServer {
 
     /// `redis-cli -p PORT args…`, output as text.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out =
-            Command::new("redis-cli").args(["-p", &self.port.to_string()]).args(args).output().expect("redis-cli");
+        let mut cmd = Command::new("redis-cli");
+        if self.tls {
+            cmd.args(["--tls", "--cacert", &fixture("tls_ca.pem"), "-h", "127.0.0.1"]);
+        }
+        let out = cmd.args(["-p", &self.port.to_string()]).args(args).output().expect("redis-cli");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
