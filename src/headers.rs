@@ -75,9 +75,8 @@ impl Decorator {
     /// Adds the security headers a response does not already carry (a backend's own value wins).
     pub fn security(&self, headers: &mut HeaderMap) {
         for (name, value) in &self.security {
-            if !headers.contains_key(name) {
-                headers.insert(name.clone(), value.clone());
-            }
+            // One hash per header: the entry API inserts only when absent.
+            headers.entry(name).or_insert_with(|| value.clone());
         }
     }
 
