@@ -187,6 +187,12 @@ fn init_logging(default: &str) {
 }
 
 async fn run(snapshot: Snapshot, config_path: PathBuf) -> ExitCode {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Signal handlers go in before anything can report ready: a SIGTERM or SIGHUP that arrives
+    // between `/readyz` turning 200 and the handlers existing would otherwise kill the process.
+    let term = signal(SignalKind::terminate()).ok();
+    let int = signal(SignalKind::interrupt()).ok();
+    let hup = signal(SignalKind::hangup()).ok();
     let server = match tiergate::server::start(snapshot).await {
         Ok(s) => s,
         Err(tiergate::server::StartError::Config(errs)) => {
@@ -201,17 +207,19 @@ async fn run(snapshot: Snapshot, config_path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    server.watch_config(config_path, Secrets::from_env());
-    let signal = wait_for_signal().await;
+    server.watch_config(config_path, Secrets::from_env(), hup);
+    let signal = wait_for_signal(term, int).await;
     tracing::info!(signal, "draining");
     server.shutdown().await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+async fn wait_for_signal(
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+) -> &'static str {
+    let (Some(mut term), Some(mut int)) = (term, int) else {
         // Without signal handlers there is nothing to wait for but Ctrl-C.
         let _ = tokio::signal::ctrl_c().await;
         return "SIGINT";

@@ -92,11 +92,10 @@ impl Reloader {
         }
     }
 
-    /// Runs until `stop`: directory watch (debounced), SIGHUP, and the periodic poll.
-    pub async fn run(mut self, stop: CancellationToken) {
+    /// Runs until `stop`: directory watch (debounced), `hup` (SIGHUP), and the periodic poll.
+    pub async fn run(mut self, stop: CancellationToken, mut hup: Option<tokio::signal::unix::Signal>) {
         let (tx, mut events) = mpsc::unbounded_channel::<()>();
         let _watchers = self.watch_dirs(tx);
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut poll = tokio::time::interval(POLL_EVERY);
         poll.tick().await;
         loop {

@@ -216,10 +216,17 @@ pub async fn start_with_clock(snapshot: Snapshot, clock: Clock) -> Result<Server
 }
 
 impl Server {
-    /// Reloads the config at `path` on change (its directory is watched), on `SIGHUP` and every 30 s.
-    pub fn watch_config(&self, path: std::path::PathBuf, secrets: crate::snapshot::Secrets) {
+    /// Reloads the config at `path` on change (its directory is watched), every 30 s, and on each
+    /// signal `hup` delivers (the process's `SIGHUP` stream, registered early by the caller; `None`:
+    /// no signal trigger).
+    pub fn watch_config(
+        &self,
+        path: std::path::PathBuf,
+        secrets: crate::snapshot::Secrets,
+        hup: Option<tokio::signal::unix::Signal>,
+    ) {
         let reloader = crate::reload::Reloader::new(path, secrets, Arc::clone(&self.proxy));
-        self.tasks.spawn(reloader.run(self.shutdown.clone()));
+        self.tasks.spawn(reloader.run(self.shutdown.clone(), hup));
     }
 
     /// Stops accepting, lets in-flight requests finish within the configured `shutdown_grace`.

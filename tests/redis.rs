@@ -267,8 +267,10 @@ async fn redis_failures_follow_on_error_and_recover() {
             "deny" => assert!(statuses.iter().all(|s| *s == 503), "{policy}: {statuses:?}"),
             _ => assert!(statuses.iter().all(|s| *s == 200), "{policy}: tiergate caused errors: {statuses:?}"),
         }
+        // The gauge is process-wide (other tests' gates share it): at least this gate is degraded.
+        assert!(gate.server.proxy.limiter.degraded_now(), "{policy}: breaker open");
         let m = get(&format!("{}/metrics", gate.admin), &[]).await.body;
-        assert_eq!(metric(&m, "tiergate_storage_fallback", &[]), 1.0, "{policy}: fallback gauge");
+        assert!(metric(&m, "tiergate_storage_fallback", &[]) >= 1.0, "{policy}: fallback gauge");
         // Back within 3 s of Redis returning, without a restart.
         redis.restart();
         let back = Instant::now();
@@ -280,8 +282,7 @@ async fn redis_failures_follow_on_error_and_recover() {
             assert!(back.elapsed() < Duration::from_secs(3), "{policy}: not back on Redis 3 s after it returned");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let m = get(&format!("{}/metrics", gate.admin), &[]).await.body;
-        assert_eq!(metric(&m, "tiergate_storage_fallback", &[]), 0.0);
+        assert!(!gate.server.proxy.limiter.degraded_now(), "{policy}: breaker closed again");
     }
 }
 
@@ -570,6 +571,5 @@ async fn rediss_with_a_private_ca() {
     }
     assert_eq!(get_as(&gate.url("/api/x"), &t).await.status, 429);
     assert!(!redis.keys("rate_limit:{user:over-tls}:*").is_empty(), "counted in the TLS Redis");
-    let m = get(&format!("{}/metrics", gate.admin), &[]).await.body;
-    assert_eq!(metric(&m, "tiergate_storage_fallback", &[]), 0.0);
+    assert!(!gate.server.proxy.limiter.degraded_now(), "decisions came from the TLS Redis");
 }

@@ -83,7 +83,11 @@ async fn a_configmap_symlink_swap_is_picked_up() {
     std::os::unix::fs::symlink("..v1", dir.join("..data")).unwrap();
     std::os::unix::fs::symlink("..data/config.toml", dir.join("config.toml")).unwrap();
     let gate = Gate::start_with_upstream(&text(3), &format!("http://{upstream}"), upstream).await;
-    gate.server.watch_config(dir.join("config.toml"), tiergate::snapshot::Secrets::default().with(SECRET_ENV, SECRET));
+    gate.server.watch_config(
+        dir.join("config.toml"),
+        tiergate::snapshot::Secrets::default().with(SECRET_ENV, SECRET),
+        None,
+    );
     let t = token("cm-user", "free");
     assert_eq!(get_as(&gate.url("/api/x"), &t).await.header("x-ratelimit-limit"), Some("3"));
 

@@ -27,8 +27,9 @@ struct State {
 }
 
 impl Breaker {
+    /// `gauge` goes up by one while this breaker is open and back down when it closes (or is
+    /// dropped), so a process with one limiter shows exactly 0 or 1.
     pub fn new(gauge: metrics::Gauge) -> Breaker {
-        gauge.set(0.0);
         Breaker {
             state: Mutex::new(State { failures: 0, open_until: None, backoff: FIRST_BACKOFF, probing: false }),
             gauge,
@@ -62,7 +63,7 @@ impl Breaker {
         s.probing = false;
         if s.open_until.take().is_some() {
             s.backoff = FIRST_BACKOFF;
-            self.gauge.set(0.0);
+            self.gauge.decrement(1.0);
             tracing::warn!("storage is answering again: limit decisions come from storage");
         }
     }
@@ -75,7 +76,7 @@ impl Breaker {
             None if s.failures >= FAILURES_TO_OPEN => {
                 s.backoff = FIRST_BACKOFF;
                 s.open_until = Some(Instant::now() + s.backoff);
-                self.gauge.set(1.0);
+                self.gauge.increment(1.0);
                 tracing::error!(error = why, "storage failing: limit decisions now follow on_error until it answers");
             }
             Some(_) if was_probe => {
@@ -83,6 +84,14 @@ impl Breaker {
                 s.open_until = Some(Instant::now() + s.backoff);
             }
             _ => {}
+        }
+    }
+}
+
+impl Drop for Breaker {
+    fn drop(&mut self) {
+        if self.lock().open_until.is_some() {
+            self.gauge.decrement(1.0);
         }
     }
 }

@@ -135,7 +135,7 @@ impl Gate {
         let path = dir.join("config.toml");
         std::fs::write(&path, &text).unwrap();
         let gate = Gate::start_with_upstream(&text, &format!("http://{upstream}"), upstream).await;
-        gate.server.watch_config(path, Secrets::default().with(SECRET_ENV, SECRET));
+        gate.server.watch_config(path, Secrets::default().with(SECRET_ENV, SECRET), None);
         (gate, text)
     }
 
