@@ -78,3 +78,28 @@ async fn health_and_readiness_and_drain() {
     let (drained, _gate) = drain.await.unwrap();
     assert!(drained);
 }
+
+#[tokio::test]
+async fn a_drain_waits_for_open_websocket_tunnels() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gate = Gate::default_with("").await;
+    let mut s = tokio::net::TcpStream::connect(gate.server.addr).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"));
+
+    let gate = std::sync::Arc::new(gate);
+    let draining = std::sync::Arc::clone(&gate);
+    let drain = tokio::spawn(async move { draining.server.drain(Duration::from_secs(5)).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!drain.is_finished(), "the drain must wait for the open tunnel");
+    // The tunnel still carries bytes while draining.
+    s.write_all(b"still here").await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(&buf[..n], b"still here");
+    // The client hangs up: the drain completes.
+    drop(s);
+    let drained = tokio::time::timeout(Duration::from_secs(3), drain).await.expect("drain finished").unwrap();
+    assert!(drained);
+}
