@@ -167,21 +167,7 @@ async fn a_first_fetch_that_fails_is_a_clear_error_unless_a_jwks_file_backs_it()
 
 #[tokio::test]
 async fn jwks_over_https_with_a_configured_ca() {
-    tiergate::server::install_crypto_provider();
-    let key = tiergate::tls::load_certified_key(
-        std::path::Path::new(&fixture("tls_server1.pem")),
-        std::path::Path::new(&fixture("tls_server1.key")),
-    )
-    .unwrap();
-    #[derive(Debug)]
-    struct One(Arc<rustls::sign::CertifiedKey>);
-    impl rustls::server::ResolvesServerCert for One {
-        fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
-            Some(self.0.clone())
-        }
-    }
-    let config = rustls::ServerConfig::builder().with_no_client_auth().with_cert_resolver(Arc::new(One(Arc::new(key))));
-    let idp = idp(&["k1"], Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await;
+    let idp = idp(&["k1"], Some(fixture_acceptor(&[]))).await;
     let url = format!("https://localhost:{}/jwks", idp.addr.port());
     let ca = format!("jwks_ca_file = \"{}\"", fixture("tls_ca.pem"));
     let gate = Gate::start(&format!("{SERVER}{}{TIERS}", identity_section(&url, &ca))).await;

@@ -467,21 +467,26 @@ async fn redis_cluster_spreads_users_over_the_masters() {
     assert!(per_node.iter().filter(|n| **n > 0).count() >= 2, "users should land on several masters: {per_node:?}");
 }
 
-#[tokio::test]
-async fn switching_algorithms_reuses_keys_without_errors() {
-    use tiergate::config::Algorithm;
-    use tiergate::limit::{IdentityKey, Plan, RedisStore, RedisTarget, WindowSpec};
-    let redis = RedisServer::start();
+/// The Redis store on its own (no proxy), for tests of the script itself.
+fn direct_store(redis: &RedisServer, key_prefix: &str) -> tiergate::limit::RedisStore {
     tiergate::server::install_crypto_provider();
-    let target = RedisTarget {
+    let target = tiergate::limit::RedisTarget {
         url: redis.url(),
         cluster_nodes: vec![],
         ca_pem: None,
-        key_prefix: "switch".into(),
+        key_prefix: key_prefix.into(),
         timeout: Duration::from_secs(2),
         lease_ttl: Duration::from_secs(30),
     };
-    let store = RedisStore::start(&target).unwrap();
+    tiergate::limit::RedisStore::start(&target).unwrap()
+}
+
+#[tokio::test]
+async fn switching_algorithms_reuses_keys_without_errors() {
+    use tiergate::config::Algorithm;
+    use tiergate::limit::{IdentityKey, Plan, WindowSpec};
+    let redis = RedisServer::start();
+    let store = direct_store(&redis, "switch");
     let key = IdentityKey::User(Arc::from("switcher"));
     for algorithm in [
         Algorithm::SlidingLog,
@@ -507,18 +512,9 @@ async fn switching_algorithms_reuses_keys_without_errors() {
 #[tokio::test]
 async fn lua_script_matches_the_memory_model() {
     use tiergate::config::Algorithm;
-    use tiergate::limit::{Clock, IdentityKey, LocalLimiter, Plan, RedisStore, RedisTarget, WindowSpec};
+    use tiergate::limit::{Clock, IdentityKey, LocalLimiter, Plan, WindowSpec};
     let redis = RedisServer::start();
-    tiergate::server::install_crypto_provider();
-    let target = RedisTarget {
-        url: redis.url(),
-        cluster_nodes: vec![],
-        ca_pem: None,
-        key_prefix: "model".into(),
-        timeout: Duration::from_secs(2),
-        lease_ttl: Duration::from_secs(30),
-    };
-    let store = RedisStore::start(&target).unwrap();
+    let store = direct_store(&redis, "model");
     let mut seed = 0x2545F4914F6CDD1Du64;
     let mut next = move || {
         seed ^= seed << 13;

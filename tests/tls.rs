@@ -158,25 +158,9 @@ fn unusable_certificate_files_are_reported_by_key() {
 
 #[tokio::test]
 async fn https_upstreams_are_verified_against_the_configured_roots() {
-    tiergate::server::install_crypto_provider();
-    let key = tiergate::tls::load_certified_key(
-        std::path::Path::new(&fixture("tls_server1.pem")),
-        std::path::Path::new(&fixture("tls_server1.key")),
-    )
-    .unwrap();
-    #[derive(Debug)]
-    struct One(Arc<rustls::sign::CertifiedKey>);
-    impl rustls::server::ResolvesServerCert for One {
-        fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
-            Some(self.0.clone())
-        }
-    }
-    let mut config =
-        rustls::ServerConfig::builder().with_no_client_auth().with_cert_resolver(Arc::new(One(Arc::new(key))));
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tiergate::demo::spawn_echo_tls(listener, tokio_rustls::TlsAcceptor::from(Arc::new(config)));
+    tiergate::demo::spawn_echo_tls(listener, fixture_acceptor(&[b"http/1.1"]));
     let upstream = format!("https://localhost:{}", addr.port());
 
     let trusted = format!("{SERVER}{IDENTITY}{TIERS}")

@@ -273,3 +273,25 @@ pub fn metric(scrape: &str, name: &str, fragments: &[&str]) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// A TLS acceptor serving the test certificate for localhost / 127.0.0.1 (signed by tls_ca.pem).
+pub fn fixture_acceptor(alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
+    #[derive(Debug)]
+    struct One(std::sync::Arc<rustls::sign::CertifiedKey>);
+    impl rustls::server::ResolvesServerCert for One {
+        fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<std::sync::Arc<rustls::sign::CertifiedKey>> {
+            Some(self.0.clone())
+        }
+    }
+    tiergate::server::install_crypto_provider();
+    let key = tiergate::tls::load_certified_key(
+        std::path::Path::new(&fixture("tls_server1.pem")),
+        std::path::Path::new(&fixture("tls_server1.key")),
+    )
+    .unwrap();
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_cert_resolver(std::sync::Arc::new(One(std::sync::Arc::new(key))));
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+}
