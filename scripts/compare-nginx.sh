@@ -15,13 +15,9 @@ for tool in wrk nginx taskset; do command -v $tool >/dev/null || { echo "missing
 [ -x target/release/tiergate ] || cargo build --release
 
 # The upstream: nginx returning a small body (core 1).
-cat > "$work/upstream.conf" <<CONF
-worker_processes 1; daemon off; pid $work/upstream.nginxpid; error_log $work/upstream.err;
-events { worker_connections 4096; }
-http { access_log off;
-  server { listen 127.0.0.1:18000; keepalive_requests 1000000; location / { return 200 "ok\n"; } } }
-CONF
-taskset -c 1 nginx -c "$work/upstream.conf" -p "$work" & echo $! > "$work/upstream.pid"
+# shellcheck source=scripts/bench-common.sh
+. scripts/bench-common.sh
+start_upstream
 
 # nginx as the rate-limiting proxy (core 0): limit_req with a rate high enough never to refuse.
 cat > "$work/proxy.conf" <<CONF
@@ -36,20 +32,8 @@ http { access_log off;
 CONF
 taskset -c 0 nginx -c "$work/proxy.conf" -p "$work" & echo $! > "$work/proxy.pid"
 
-# tiergate (core 0, one worker): anonymous callers on a tier with finite, never-reached limits, so
-# every request takes a real limit decision (three windows) like limit_req does.
-sed -e 's#^listen = .*#listen = "127.0.0.1:18080"#' \
-    -e 's#^admin_listen = .*#admin_listen = "127.0.0.1:19901"#' \
-    -e 's#^upstream = .*#upstream = "http://127.0.0.1:18000"#' \
-    -e 's#^anonymous_tier = .*#anonymous_tier = "bench"#' config.toml > "$work/tiergate.toml"
-cat >> "$work/tiergate.toml" <<CONF
-
-[tiers.bench]
-requests_per_hour = 1000000000
-requests_per_day = 1000000000
-api_calls_per_minute = 1000000000
-concurrent_requests = 100000
-CONF
+# tiergate (core 0, one worker) on the bench config.
+write_bench_config 100000
 JWT_SECRET_KEY=compare-secret-0123456789abcdef RUST_LOG=warn taskset -c 0 target/release/tiergate --workers 1 --config "$work/tiergate.toml" 2>"$work/tiergate.err" &
 echo $! > "$work/tiergate.pid"
 sleep 1

@@ -13,26 +13,10 @@ trap 'kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$work"'
 
 taskset -c 1 redis-server --port 16390 --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null &
 echo $! > "$work/redis.pid"
-cat > "$work/upstream.conf" <<CONF
-worker_processes 1; daemon off; pid $work/upstream.nginxpid; error_log $work/upstream.err;
-events { worker_connections 4096; }
-http { access_log off; server { listen 127.0.0.1:18000; keepalive_requests 1000000; location / { return 200 "ok\n"; } } }
-CONF
-taskset -c 1 nginx -c "$work/upstream.conf" -p "$work" & echo $! > "$work/upstream.pid"
-
-sed -e 's#^listen = .*#listen = "127.0.0.1:18080"#' \
-    -e 's#^admin_listen = .*#admin_listen = "127.0.0.1:19901"#' \
-    -e 's#^upstream = .*#upstream = "http://127.0.0.1:18000"#' \
-    -e 's#^backend = .*#backend = "redis"\nurl = "redis://127.0.0.1:16390/0"#' \
-    -e 's#^anonymous_tier = .*#anonymous_tier = "bench"#' config.toml > "$work/tiergate.toml"
-cat >> "$work/tiergate.toml" <<CONF
-
-[tiers.bench]
-requests_per_hour = 1000000000
-requests_per_day = 1000000000
-api_calls_per_minute = 1000000000
-concurrent_requests = $conc
-CONF
+# shellcheck source=scripts/bench-common.sh
+. scripts/bench-common.sh
+start_upstream
+write_bench_config "$conc" -e 's#^backend = .*#backend = "redis"\nurl = "redis://127.0.0.1:16390/0"#'
 JWT_SECRET_KEY=cost-secret-0123456789abcdef RUST_LOG=warn taskset -c 0 target/release/tiergate --workers 1 --config "$work/tiergate.toml" 2>"$work/tiergate.err" &
 echo $! > "$work/tiergate.pid"
 sleep 1

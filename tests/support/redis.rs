@@ -9,12 +9,7 @@ fn free_port() -> u16 {
 }
 
 fn scratch_dir(tag: &str) -> PathBuf {
-    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("tiergate-redis-{}-{tag}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    super::scratch(&format!("redis-{tag}"))
 }
 
 pub struct RedisServer {
@@ -26,9 +21,7 @@ pub struct RedisServer {
     child: Option<Child>,
 }
 
-fn fixture(name: &str) -> String {
-    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
-}
+use super::fixture;
 
 impl RedisServer {
     pub fn start() -> RedisServer {
