@@ -1,5 +1,6 @@
-//! The per-request hot paths: one limit decision (memory store), a cached token lookup, and the
-//! response decoration. Run: `cargo bench --bench hot_path`.
+//! The per-request hot paths: one limit decision (memory store), a cached token lookup, the
+//! response decoration, path normalisation, and what forged tokens cost. Run:
+//! `cargo bench --bench hot_path`.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -88,5 +89,47 @@ fn headers(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, limiter, identity, headers);
+/// What a flood of forged RS256 tokens costs: each unique forgery is one full signature check; a
+/// repeated one is answered from the rejected-token cache.
+fn forged(c: &mut Criterion) {
+    let text = include_str!("../config.toml").replace(
+        "jwt_algorithms = [\"HS256\"]",
+        &format!(
+            "jwt_algorithms = [\"RS256\"]\njwt_public_key_file = \"{}/tests/fixtures/rsa_public.pem\"",
+            env!("CARGO_MANIFEST_DIR")
+        ),
+    );
+    let config = Config::parse(&text).expect("RS256 config parses");
+    let snap = Snapshot::compile(config, &Secrets::default()).expect("compiles");
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!("../tests/fixtures/rsa2_private.pem"))
+        .expect("the other test key");
+    let claims = serde_json::json!({"sub": "mallory", "tier": "enterprise", "exp": 4_000_000_000u64});
+    let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    let forged = jsonwebtoken::encode(&header, &claims, &key).expect("sign");
+    let (head, rest) = forged.split_once('.').expect("three parts");
+    let signature = rest.split_once('.').expect("three parts").1.to_string();
+    assert!(snap.identity.verify(&forged).is_err(), "signed by the wrong key");
+    let mut n = 0u64;
+    c.bench_function("identity/forged RS256, unique each time", |b| {
+        b.iter(|| {
+            n += 1;
+            // A fresh payload every time: a cache cannot help, the signature must be checked.
+            let payload = format!("eyJzdWIiOiJtYWxsb3J5IiwianRpIjoi{n:016}In0");
+            black_box(snap.identity.verify(&format!("{head}.{payload}.{signature}")))
+        })
+    });
+    c.bench_function("identity/forged RS256, repeated", |b| b.iter(|| black_box(snap.identity.verify(&forged))));
+}
+
+fn paths(c: &mut Criterion) {
+    use tiergate::route::{EscapedSlashes, normalize};
+    c.bench_function("route/normalize, already normal", |b| {
+        b.iter(|| black_box(normalize(black_box("/api/v1/items/42"), EscapedSlashes::Reject)))
+    });
+    c.bench_function("route/normalize, dot segments", |b| {
+        b.iter(|| black_box(normalize(black_box("/health/%2e%2e/api//v1/./items"), EscapedSlashes::Reject)))
+    });
+}
+
+criterion_group!(benches, limiter, identity, headers, forged, paths);
 criterion_main!(benches);

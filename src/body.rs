@@ -7,15 +7,14 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::conn::ConnActivity;
 use crate::limit::Lease;
-use crate::server::ConnActivity;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -24,27 +23,31 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[error("request body exceeds the upload limit")]
 pub struct UploadTooLarge;
 
+/// The client's body broke while streaming (bad chunk size, oversized chunk extension, truncated).
+/// Wrapped so that the upstream client's error can be traced back to the client, not the upstream.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed request body: {0}")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
+
 /// Client → upstream. Counts streamed bytes against `cap` when the size was not declared up front.
 pub struct RequestBody {
     inner: Option<Incoming>,
     cap: Option<u64>,
     seen: u64,
-    exceeded: Option<Arc<AtomicBool>>,
 }
 
 impl RequestBody {
     pub fn new(inner: Incoming) -> RequestBody {
-        RequestBody { inner: Some(inner), cap: None, seen: 0, exceeded: None }
+        RequestBody { inner: Some(inner), cap: None, seen: 0 }
     }
 
     pub fn empty() -> RequestBody {
-        RequestBody { inner: None, cap: None, seen: 0, exceeded: None }
+        RequestBody { inner: None, cap: None, seen: 0 }
     }
 
-    /// Cuts the stream off past `cap` bytes; `flag` is set when that happens.
-    pub fn with_cap(mut self, cap: u64, flag: Arc<AtomicBool>) -> RequestBody {
+    /// Cuts the stream off past `cap` bytes, failing it with [`UploadTooLarge`].
+    pub fn with_cap(mut self, cap: u64) -> RequestBody {
         self.cap = Some(cap);
-        self.exceeded = Some(flag);
         self
     }
 }
@@ -61,16 +64,16 @@ impl Body for RequestBody {
                 if let (Some(cap), Some(data)) = (this.cap, frame.data_ref()) {
                     this.seen += data.len() as u64;
                     if this.seen > cap {
-                        if let Some(flag) = &this.exceeded {
-                            flag.store(true, Ordering::Release);
-                        }
                         this.inner = None;
                         return Poll::Ready(Some(Err(Box::new(UploadTooLarge))));
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => {
+                this.inner = None;
+                Poll::Ready(Some(Err(Box::new(ClientBodyError(e)))))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

@@ -131,6 +131,8 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub shutdown_grace: Duration,
+    /// What a `%2F`/`%5C` in a request path means.
+    pub escaped_slashes: crate::route::EscapedSlashes,
 }
 
 #[derive(Debug, Clone)]
@@ -549,6 +551,11 @@ fn read_server(value: Option<&toml::Value>, errors: &mut Vec<String>) -> ServerC
         );
     }
     let shutdown_grace = s.duration("shutdown_grace", Duration::from_secs(25));
+    let escaped_slashes = s.choice(
+        "escaped_slashes",
+        crate::route::EscapedSlashes::Reject,
+        &[("reject", crate::route::EscapedSlashes::Reject), ("keep", crate::route::EscapedSlashes::Keep)],
+    );
     for (key, d) in [
         ("upstream_timeout", upstream_timeout),
         ("header_read_timeout", header_read_timeout),
@@ -571,6 +578,7 @@ fn read_server(value: Option<&toml::Value>, errors: &mut Vec<String>) -> ServerC
         idle_timeout,
         max_header_bytes: max_header_bytes.clamp(8_192, 16 * 1_048_576) as usize,
         shutdown_grace,
+        escaped_slashes,
     }
 }
 

@@ -26,8 +26,13 @@ pub enum ProxyError {
     BadGateway,
     #[error("upstream timed out")]
     GatewayTimeout,
+    /// Refused before identification: framing, path, duplicate headers.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// The client's request body broke mid-stream (bad chunk size, oversized chunk extension,
+    /// truncated): the client's error, never counted as an upstream one.
+    #[error("malformed request body")]
+    MalformedBody,
     #[error("rate-limit storage unavailable")]
     StorageUnavailable,
 }
@@ -40,7 +45,7 @@ impl ProxyError {
             ProxyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadGateway => StatusCode::BAD_GATEWAY,
             ProxyError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::MalformedBody => StatusCode::BAD_REQUEST,
             ProxyError::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -52,7 +57,9 @@ impl ProxyError {
             ProxyError::Limited { .. } => Some(Outcome::Limited),
             ProxyError::TooLarge { .. } => Some(Outcome::TooLarge),
             ProxyError::StorageUnavailable => Some(Outcome::StorageUnavailable),
-            _ => None,
+            ProxyError::BadRequest(_) => Some(Outcome::BadRequest),
+            // After admission: the limiter's verdict stands.
+            ProxyError::BadGateway | ProxyError::GatewayTimeout | ProxyError::MalformedBody => None,
         }
     }
 
@@ -98,6 +105,10 @@ impl ProxyError {
             ProxyError::BadRequest(detail) => {
                 close = true;
                 problem(status, detail)
+            }
+            ProxyError::MalformedBody => {
+                close = true;
+                problem(status, "The request body is malformed.")
             }
         };
         let mut resp = Response::new(ProxyBody::bytes(body.to_string()));

@@ -13,7 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::body::RequestBody;
+use crate::body::{ClientBodyError, RequestBody, UploadTooLarge};
 use crate::headers::{X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID};
 use crate::metrics::UpstreamErrorKind;
 
@@ -81,22 +81,44 @@ pub fn https_connector(
         .wrap_connector(http))
 }
 
-/// The upstream failed to give us response headers.
+/// No response headers came back. The client's own failures (its body broke, or grew past the
+/// upload cap) are told apart from the upstream's, so a client cannot fire upstream alerts at will.
 #[derive(Debug)]
 pub enum ForwardError {
     Connect,
     Timeout,
-    /// Anything else: the connection broke, the response was malformed, or our request body failed.
+    /// The connection broke or the response was malformed.
     Protocol,
+    /// The client's request body was malformed or truncated.
+    ClientBody,
+    /// The client's streamed body grew past the upload cap.
+    UploadTooLarge,
 }
 
 impl ForwardError {
-    pub fn kind(&self) -> UpstreamErrorKind {
+    /// The `kind` label for an upstream failure; `None`: the client's fault, not the upstream's.
+    pub fn upstream_kind(&self) -> Option<UpstreamErrorKind> {
         match self {
-            ForwardError::Connect => UpstreamErrorKind::Connect,
-            ForwardError::Timeout => UpstreamErrorKind::Timeout,
-            ForwardError::Protocol => UpstreamErrorKind::Protocol,
+            ForwardError::Connect => Some(UpstreamErrorKind::Connect),
+            ForwardError::Timeout => Some(UpstreamErrorKind::Timeout),
+            ForwardError::Protocol => Some(UpstreamErrorKind::Protocol),
+            ForwardError::ClientBody | ForwardError::UploadTooLarge => None,
         }
+    }
+
+    /// Classifies a client error by walking its causes down to our own request body's errors.
+    fn classify(e: &hyper_util::client::legacy::Error) -> ForwardError {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+        while let Some(c) = cause {
+            if c.is::<UploadTooLarge>() {
+                return ForwardError::UploadTooLarge;
+            }
+            if c.is::<ClientBodyError>() {
+                return ForwardError::ClientBody;
+            }
+            cause = c.source();
+        }
+        if e.is_connect() { ForwardError::Connect } else { ForwardError::Protocol }
     }
 }
 
@@ -109,8 +131,7 @@ pub async fn send(
     match tokio::time::timeout(timeout, client.request(req)).await {
         Err(_) => Err(ForwardError::Timeout),
         Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(e)) if e.is_connect() => Err(ForwardError::Connect),
-        Ok(Err(_)) => Err(ForwardError::Protocol),
+        Ok(Err(e)) => Err(ForwardError::classify(&e)),
     }
 }
 

@@ -37,6 +37,61 @@ pub struct Identity {
 #[error("invalid bearer token")]
 pub struct InvalidTokenError;
 
+/// A token that did not verify; `remember`: it will not verify later either (not merely too early).
+#[derive(Debug, Clone, Copy)]
+struct Rejection {
+    remember: bool,
+}
+
+impl Rejection {
+    const FINAL: Rejection = Rejection { remember: true };
+}
+
+/// Tokens rejected recently, by a keyed hash of their text: bounded, evicted by S3-FIFO (never
+/// cleared all at once), each entry trusted for [`REJECTED_TTL`] and only while the remote key set
+/// it was checked against is still the current one.
+pub struct RejectedTokens {
+    hasher: std::hash::RandomState,
+    entries: quick_cache::sync::Cache<u64, (u64, u64)>,
+}
+
+/// How long a rejection is remembered.
+const REJECTED_TTL_SECS: u64 = 60;
+/// Rejected tokens remembered at most (16 bytes each, plus the cache's own overhead).
+const REJECTED_CAPACITY: usize = 16_384;
+
+impl Default for RejectedTokens {
+    fn default() -> Self {
+        RejectedTokens {
+            hasher: std::hash::RandomState::new(),
+            entries: quick_cache::sync::Cache::new(REJECTED_CAPACITY),
+        }
+    }
+}
+
+impl RejectedTokens {
+    fn key(&self, token: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(token)
+    }
+
+    fn contains(&self, token: &str, now: u64, generation: u64) -> bool {
+        self.entries.get(&self.key(token)).is_some_and(|(until, g)| until >= now && g == generation)
+    }
+
+    fn insert(&self, token: &str, now: u64, generation: u64) {
+        self.entries.insert(self.key(token), (now + REJECTED_TTL_SECS, generation));
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
 /// Why [`Verifier::identify`] gave no identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdentifyError {
@@ -72,6 +127,7 @@ pub struct Verifier {
     /// Anonymous IPv6 callers are counted per network of this length.
     pub ipv6_prefix: u8,
     cache: DashMap<Box<str>, Cached>,
+    rejected: RejectedTokens,
 }
 
 #[derive(Clone)]
@@ -111,7 +167,13 @@ impl Verifier {
             remote,
             ipv6_prefix,
             cache: DashMap::new(),
+            rejected: RejectedTokens::default(),
         }
+    }
+
+    /// Tokens remembered as rejected (for tests and the operator's view).
+    pub fn rejected_tokens(&self) -> &RejectedTokens {
+        &self.rejected
     }
 
     /// Identifies the caller of one request. With `may_refresh`, a token whose `kid` no key has
@@ -160,7 +222,9 @@ impl Verifier {
         }
     }
 
-    /// Verifies a token, or answers from the cache of tokens already verified.
+    /// Verifies a token, or answers from the caches: tokens already verified (until their `exp`),
+    /// and tokens recently rejected (so a forged token sent again costs a hash and a lookup, not a
+    /// signature check).
     pub fn verify(&self, token: &str) -> Result<Identity, InvalidTokenError> {
         let now = unix_now();
         if let Some(hit) = self.cache.get(token)
@@ -168,7 +232,19 @@ impl Verifier {
         {
             return Ok(hit.identity.clone());
         }
-        let (identity, exp) = self.verify_uncached(token)?;
+        let generation = self.remote.as_ref().map_or(0, |r| r.generation());
+        if self.rejected.contains(token, now, generation) {
+            return Err(InvalidTokenError);
+        }
+        let (identity, exp) = match self.verify_uncached(token) {
+            Ok(verified) => verified,
+            Err(Rejection { remember }) => {
+                if remember {
+                    self.rejected.insert(token, now, generation);
+                }
+                return Err(InvalidTokenError);
+            }
+        };
         let valid_until = exp.saturating_add(self.leeway.as_secs());
         if self.cache.len() >= TOKEN_CACHE_CAPACITY {
             self.cache.retain(|_, c| c.valid_until >= now);
@@ -180,10 +256,15 @@ impl Verifier {
         Ok(identity)
     }
 
-    fn verify_uncached(&self, token: &str) -> Result<(Identity, u64), InvalidTokenError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| InvalidTokenError)?;
+    fn verify_uncached(&self, token: &str) -> Result<(Identity, u64), Rejection> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Rejection::FINAL)?;
         if !self.algorithms.contains(&header.alg) {
-            return Err(InvalidTokenError);
+            return Err(Rejection::FINAL);
+        }
+        // RFC 7515 §4.1.11: a `crit` extension the recipient does not implement makes the token
+        // invalid. tiergate implements none.
+        if header.crit.is_some() {
+            return Err(Rejection::FINAL);
         }
         let family = header.alg.family();
         let remote = self.remote.as_ref().map(|r| r.keys.load_full());
@@ -196,23 +277,33 @@ impl Verifier {
                 }
         });
         let mut claims = None;
+        let mut remember = true;
         for k in candidates {
-            if let Ok(data) = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &k.key, &k.validation) {
-                claims = Some(data.claims);
-                break;
+            match jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &k.key, &k.validation) {
+                Ok(data) => {
+                    claims = Some(data.claims);
+                    break;
+                }
+                // Not valid *yet*: it may be soon, so it is not remembered as rejected.
+                Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ImmatureSignature) => remember = false,
+                Err(_) => {}
             }
         }
-        let claims = claims.ok_or(InvalidTokenError)?;
+        let claims = claims.ok_or(Rejection { remember })?;
         let user = match claims.get(&self.user_claim) {
             Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => s.as_str(),
-            _ => return Err(InvalidTokenError),
+            _ => return Err(Rejection::FINAL),
         };
-        let exp = claims.get("exp").and_then(Value::as_u64).ok_or(InvalidTokenError)?;
+        // A NumericDate may have a fraction (RFC 7519 §2); jsonwebtoken has checked it already.
+        let exp = match claims.get("exp").and_then(Value::as_f64) {
+            Some(exp) if exp.is_finite() && exp >= 0.0 => exp as u64,
+            _ => return Err(Rejection::FINAL),
+        };
         let tier = match claims.get(&self.tier_claim) {
             Some(Value::String(t)) => self.tiers.get(t.as_str()).copied().unwrap_or(self.default_tier),
             _ => self.default_tier,
         };
-        let user_header = HeaderValue::from_str(user).map_err(|_| InvalidTokenError)?;
+        let user_header = HeaderValue::from_str(user).map_err(|_| Rejection::FINAL)?;
         let identity = Identity { key: IdentityKey::User(Arc::from(user)), tier, user_header: Some(user_header) };
         Ok((identity, exp))
     }
@@ -295,6 +386,8 @@ pub struct RemoteKeys {
     pub refresh: Duration,
     rules: KeyRules,
     keys: arc_swap::ArcSwap<Vec<VerifyKey>>,
+    /// Bumped on every key swap: rejections remembered against older keys no longer count.
+    generation: std::sync::atomic::AtomicU64,
     client: JwksClient,
     last_unknown_kid_refresh: std::sync::Mutex<Option<tokio::time::Instant>>,
     refresh_lock: tokio::sync::Mutex<()>,
@@ -307,10 +400,15 @@ impl RemoteKeys {
             refresh,
             rules,
             keys: arc_swap::ArcSwap::from_pointee(Vec::new()),
+            generation: std::sync::atomic::AtomicU64::new(0),
             client,
             last_unknown_kid_refresh: std::sync::Mutex::new(None),
             refresh_lock: tokio::sync::Mutex::new(()),
         }
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Fetches the document and swaps the keys in; on any failure the old keys stay.
@@ -322,6 +420,7 @@ impl RemoteKeys {
             Ok(keys) => {
                 let n = keys.len();
                 self.keys.store(Arc::new(keys));
+                self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 Ok(n)
             }
             Err(e) => {

@@ -20,6 +20,7 @@
 pub mod admin;
 pub mod body;
 pub mod config;
+pub mod conn;
 pub mod demo;
 pub mod error;
 pub mod forward;

@@ -36,10 +36,12 @@ pub enum Outcome {
     TooLarge = 4,
     Exempt = 5,
     StorageUnavailable = 6,
+    /// Refused before identification: framing, path, duplicate headers.
+    BadRequest = 7,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 7] = [
+    pub const ALL: [Outcome; 8] = [
         Outcome::Allowed,
         Outcome::Limited,
         Outcome::ShadowLimited,
@@ -47,6 +49,7 @@ impl Outcome {
         Outcome::TooLarge,
         Outcome::Exempt,
         Outcome::StorageUnavailable,
+        Outcome::BadRequest,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +61,7 @@ impl Outcome {
             Outcome::TooLarge => "too_large",
             Outcome::Exempt => "exempt",
             Outcome::StorageUnavailable => "storage_unavailable",
+            Outcome::BadRequest => "bad_request",
         }
     }
 }
@@ -138,7 +142,7 @@ fn describe() {
 /// Metric handles for one snapshot: every label combination resolved up front.
 pub struct Handles {
     /// [tier (last = "none")][class][outcome]
-    requests: Vec<[[Counter; 7]; 4]>,
+    requests: Vec<[[Counter; 8]; 4]>,
     duration: [Histogram; 4],
     pub upstream_duration: Histogram,
     upstream_errors: [Counter; 3],

@@ -1,16 +1,16 @@
 //! The one hyper service. [`Proxy::handle`] shows a request's whole life, stage after stage:
 //!
 //! ```text
-//! load snapshot → framing → classify → identify → upload cap → limit → forward → decorate → record
+//! load snapshot → framing → path → classify → identify → upload cap → limit → forward → decorate → record
 //! ```
 //!
 //! Each stage returns a typed value or a [`ProxyError`]; the service itself never fails (a hyper
 //! service error would abort the connection), errors become responses in `error.rs`.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -23,12 +23,12 @@ use hyper_util::rt::TokioIo;
 use crate::body::{Guards, InflightGuard, ProxyBody, RequestBody};
 use crate::config::Class;
 use crate::config::TierSource;
+use crate::conn::{ConnActivity, ConnInfo};
 use crate::error::ProxyError;
 use crate::forward::{self, ForwardError, Upstream, UpstreamClient};
 use crate::identity::{IdentifyError, Identity};
 use crate::limit::{Decision, IdentityKey, Limiter};
 use crate::metrics::Outcome;
-use crate::server::ConnActivity;
 use crate::snapshot::Snapshot;
 
 /// Everything a request needs that outlives one config snapshot.
@@ -42,14 +42,6 @@ pub struct Proxy {
     pub ready: AtomicBool,
     /// Upgraded connections (WebSocket tunnels): a drain waits for them too.
     pub tunnels: tokio_util::task::TaskTracker,
-}
-
-/// One accepted connection, as requests on it see it.
-pub struct ConnInfo {
-    pub peer: SocketAddr,
-    /// The client connected over TLS.
-    pub tls: bool,
-    pub activity: Arc<ConnActivity>,
 }
 
 /// What the lifecycle learned, for decoration and the metrics/log record.
@@ -116,14 +108,24 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         // 1. Framing that hyper lets through but a proxy must not (request smuggling).
         check_framing(req.headers(), &conn.activity)?;
-        if req.uri().path() == QUOTA_PATH && req.method() == Method::GET {
+        // 2. The path routes match is the path the upstream receives (CONTRACT.md "Paths").
+        let normalized = match snap.routes.normalize(req.uri().path()) {
+            Ok(Cow::Borrowed(_)) => None,
+            Ok(Cow::Owned(path)) => Some(path),
+            Err(e) => return Err(ProxyError::BadRequest(e.detail())),
+        };
+        if normalized.as_deref().unwrap_or(req.uri().path()) == QUOTA_PATH && req.method() == Method::GET {
             return self.quota(snap, conn, req.headers(), ctx).await;
         }
         let upgrade = forward::is_upgrade(&req);
         let (mut parts, body) = req.into_parts();
         let client_upgrade = parts.extensions.remove::<OnUpgrade>();
+        if let Some(path) = normalized {
+            parts.uri = with_path(&parts.uri, path)
+                .map_err(|_| ProxyError::BadRequest("The request target cannot be forwarded."))?;
+        }
 
-        // 2. Classify. Client-sent identity headers never reach the upstream, on any route.
+        // 3. Classify. Client-sent identity headers never reach the upstream, on any route.
         let route = snap.routes.classify(&parts.method, parts.uri.path());
         ctx.class = route.class;
         parts.headers.remove(&snap.user_id_header);
@@ -131,32 +133,26 @@ impl Proxy {
 
         let mut lease = None;
         let mut body = RequestBody::new(body);
-        // Set when a body of undeclared length grows past the upload cap (allocated only then).
-        let mut exceeded: Option<Arc<AtomicBool>> = None;
         if route.class == Class::Exempt {
             ctx.outcome = Outcome::Exempt;
         } else {
-            // 3. Identify.
+            // 4. Identify.
             let identity = self.identify(snap, conn, &parts.headers).await?;
             let tier = &snap.tiers[identity.tier];
             ctx.tier = Some(identity.tier);
 
-            // 4. Upload cap: from the headers alone when declared, else by counting the stream.
+            // 5. Upload cap: from the headers alone when declared, else by counting the stream.
             if let Some(cap) = tier.upload_cap {
                 match content_length(&parts.headers) {
                     Some(len) if len > cap => {
                         return Err(ProxyError::TooLarge { tier: tier.name.clone(), limit_bytes: cap });
                     }
                     Some(_) => {}
-                    None => {
-                        let flag = Arc::new(AtomicBool::new(false));
-                        body = body.with_cap(cap, Arc::clone(&flag));
-                        exceeded = Some(flag);
-                    }
+                    None => body = body.with_cap(cap),
                 }
             }
 
-            // 5. Limit. A fully unlimited plan makes no store call at all.
+            // 6. Limit. A fully unlimited plan makes no store call at all.
             let (plan, _) = tier.plan(route.class);
             if !plan.is_unlimited() {
                 let fallback = tier.fallback_plan(route.class);
@@ -185,7 +181,7 @@ impl Proxy {
             parts.headers.insert(snap.tier_header.clone(), tier.header.clone());
         }
 
-        // 6. Forward.
+        // 7. Forward.
         let peer_ip = conn.peer.ip().to_canonical();
         let target = Upstream {
             scheme: &snap.upstream_scheme,
@@ -204,29 +200,31 @@ impl Proxy {
         let mut resp = match sent {
             Ok(resp) => resp,
             Err(e) => {
-                if exceeded.is_some_and(|f| f.load(Ordering::Acquire))
-                    && let Some(tier) = ctx.tier.map(|t| &snap.tiers[t])
-                {
-                    return Err(ProxyError::TooLarge {
-                        tier: tier.name.clone(),
-                        limit_bytes: tier.upload_cap.unwrap_or(0),
+                let Some(kind) = e.upstream_kind() else {
+                    // The client's own failure: its body broke, or grew past the cap.
+                    return Err(match (e, ctx.tier.map(|t| &snap.tiers[t])) {
+                        (ForwardError::UploadTooLarge, Some(tier)) => {
+                            ProxyError::TooLarge { tier: tier.name.clone(), limit_bytes: tier.upload_cap.unwrap_or(0) }
+                        }
+                        _ => ProxyError::MalformedBody,
                     });
-                }
-                snap.metrics.upstream_error(e.kind());
+                };
+                snap.metrics.upstream_error(kind);
                 tracing::warn!(error = ?e, upstream = %snap.upstream_authority, "upstream request failed");
                 return Err(match e {
                     ForwardError::Timeout => ProxyError::GatewayTimeout,
-                    ForwardError::Connect | ForwardError::Protocol => ProxyError::BadGateway,
+                    _ => ProxyError::BadGateway,
                 });
             }
         };
 
-        // 7. The upstream's answer, cleaned; the guards ride with its body (or the tunnel).
+        // 8. The upstream's answer, cleaned; the guards ride with its body (or the tunnel).
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade;
         forward::strip_hop_by_hop(resp.headers_mut(), switching);
         snap.decorator.strip_upstream(resp.headers_mut());
         let guards = Guards { inflight, lease };
         if switching {
+            conn.activity.upgraded();
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             if let Some(client_upgrade) = client_upgrade {
                 self.tunnels.spawn(tunnel(client_upgrade, upstream_upgrade, guards));
@@ -261,11 +259,15 @@ impl Proxy {
             let ttl = snap.config.identity.tier_cache_ttl;
             let tier = match self.tier_cache.get(user, ttl) {
                 Some(cached) => cached,
-                None => {
-                    let fetched: Option<Arc<str>> = self.limiter.tier_override(user).await.map(Arc::from);
-                    self.tier_cache.put(user, fetched.clone());
-                    fetched
-                }
+                None => match self.limiter.tier_override(user).await {
+                    Ok(fetched) => {
+                        let fetched: Option<Arc<str>> = fetched.map(Arc::from);
+                        self.tier_cache.put(user, fetched.clone());
+                        fetched
+                    }
+                    // Redis could not answer: the token's tier, and ask again on the next request.
+                    Err(_) => None,
+                },
             };
             if let Some(index) = tier.and_then(|t| snap.identity.tiers.get(&*t).copied()) {
                 identity.tier = index;
@@ -358,11 +360,19 @@ async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, guards: Guards) {
 /// RFC 9112 §6.1: a request with both `Content-Length` and `Transfer-Encoding` is refused (and the
 /// connection closed); so are conflicting `Content-Length` values.
 fn check_framing(headers: &HeaderMap, conn: &ConnActivity) -> Result<(), ProxyError> {
-    // hyper removes Content-Length when Transfer-Encoding is present; the connection's sniffer saw it.
-    if headers.contains_key(header::TRANSFER_ENCODING)
-        && (headers.contains_key(header::CONTENT_LENGTH) || conn.saw_content_length_with_transfer_encoding())
-    {
+    // hyper removes Content-Length when Transfer-Encoding is present; the connection's sniffer saw it
+    // (in this request's own head: pipelined heads are numbered, so a later one cannot taint this).
+    let sniffed = conn.next_request_had_cl_and_te();
+    if headers.contains_key(header::TRANSFER_ENCODING) && (headers.contains_key(header::CONTENT_LENGTH) || sniffed) {
         return Err(ProxyError::BadRequest("Content-Length and Transfer-Encoding together are not allowed."));
+    }
+    // RFC 9112 §3.2: more than one Host is refused. More than one Authorization is ambiguous: a
+    // backend that reads the last one would trust a token tiergate never verified.
+    if headers.get_all(header::HOST).iter().nth(1).is_some() {
+        return Err(ProxyError::BadRequest("More than one Host header."));
+    }
+    if headers.get_all(header::AUTHORIZATION).iter().nth(1).is_some() {
+        return Err(ProxyError::BadRequest("More than one Authorization header."));
     }
     let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
     if let Some(first) = lengths.next()
@@ -371,6 +381,17 @@ fn check_framing(headers: &HeaderMap, conn: &ConnActivity) -> Result<(), ProxyEr
         return Err(ProxyError::BadRequest("Conflicting Content-Length values."));
     }
     Ok(())
+}
+
+/// `uri` with its path replaced by `path` (the query string kept byte for byte).
+fn with_path(uri: &http::Uri, path: String) -> Result<http::Uri, http::Error> {
+    let path_and_query = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(http::uri::PathAndQuery::try_from(path_and_query)?);
+    Ok(http::Uri::from_parts(parts)?)
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

@@ -9,24 +9,23 @@
 //! gracefully. (hyper's own header timer is off: it also runs while a keep-alive connection idles.)
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::conn::{ConnActivity, ConnInfo, SniffedStream};
 use crate::limit::{Clock, Limiter, RedisStore, Store};
-use crate::proxy::{ConnInfo, Proxy};
+use crate::proxy::Proxy;
 use crate::snapshot::Snapshot;
 
 /// How often idle limiter state is dropped.
@@ -46,76 +45,6 @@ pub enum StartError {
     Store(#[from] crate::limit::redis::StoreError),
     #[error("{0}")]
     Config(#[from] crate::config::ConfigErrors),
-}
-
-/// Per-connection activity: requests in flight (idle timeout) and what the head sniffer saw.
-pub struct ConnActivity {
-    born: Instant,
-    active: AtomicUsize,
-    /// Milliseconds after `born` at which the last request finished.
-    last_ms: AtomicU64,
-    /// A request head on this connection carried both `Content-Length` and `Transfer-Encoding`.
-    cl_and_te: AtomicBool,
-    /// A request finished: the sniffer should read the next request head.
-    rearm: AtomicBool,
-    /// 1 + milliseconds after `born` at which the request head being read began; 0: none.
-    head_since: AtomicU64,
-}
-
-impl ConnActivity {
-    fn new() -> ConnActivity {
-        ConnActivity {
-            born: Instant::now(),
-            active: AtomicUsize::new(0),
-            last_ms: AtomicU64::new(0),
-            cl_and_te: AtomicBool::new(false),
-            rearm: AtomicBool::new(false),
-            // A new connection owes us a request head from the moment it is accepted.
-            head_since: AtomicU64::new(1),
-        }
-    }
-
-    pub fn begin(&self) {
-        self.active.fetch_add(1, Ordering::AcqRel);
-    }
-
-    pub fn end(&self) {
-        self.last_ms.store(self.born.elapsed().as_millis() as u64, Ordering::Release);
-        self.active.fetch_sub(1, Ordering::AcqRel);
-        self.rearm.store(true, Ordering::Release);
-    }
-
-    /// hyper drops `Content-Length` from a request that also has `Transfer-Encoding` before we see
-    /// it; the sniffer below remembers that the raw head had both.
-    pub fn saw_content_length_with_transfer_encoding(&self) -> bool {
-        self.cl_and_te.load(Ordering::Acquire)
-    }
-
-    /// When the connection becomes idle-expired if nothing happens; `None`: a request is in flight
-    /// or a request head is being read.
-    fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
-        if self.active.load(Ordering::Acquire) > 0 || self.head_since.load(Ordering::Acquire) != 0 {
-            return None;
-        }
-        Some(self.born + Duration::from_millis(self.last_ms.load(Ordering::Acquire)) + idle)
-    }
-
-    /// When the request head being read must be complete; `None`: no head is being read.
-    fn head_deadline(&self, header_read_timeout: Duration) -> Option<Instant> {
-        match self.head_since.load(Ordering::Acquire) {
-            0 => None,
-            since => Some(self.born + Duration::from_millis(since - 1) + header_read_timeout),
-        }
-    }
-
-    fn mark_head(&self, reading: bool) {
-        if reading {
-            let now = self.born.elapsed().as_millis() as u64 + 1;
-            let _ = self.head_since.compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
-        } else {
-            self.head_since.store(0, Ordering::Release);
-        }
-    }
 }
 
 /// A running tiergate: its addresses, and the handle to stop it.
@@ -320,7 +249,7 @@ where
         .max_header_list_size(max_header_bytes as u32)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
-    let io = SniffedStream { inner: stream, sniffer: HeadSniffer::default(), activity: Arc::clone(&activity) };
+    let io = SniffedStream::new(stream, Arc::clone(&activity));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
 
@@ -353,169 +282,5 @@ where
                 }
             }
         }
-    }
-}
-
-/// The client's stream, with a look at each HTTP/1.1 request head as it is read.
-///
-/// Only request heads are scanned (a few hundred bytes per request, never bodies): after a head
-/// ends the sniffer sleeps until the request's response is done. Pipelined heads read together
-/// with an earlier body are not scanned; hyper still handles those safely (Transfer-Encoding
-/// wins and the connection is closed after the response), only without our 400.
-struct SniffedStream<S> {
-    inner: S,
-    sniffer: HeadSniffer,
-    activity: Arc<ConnActivity>,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for SniffedStream<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if this.activity.rearm.swap(false, Ordering::AcqRel) {
-            this.sniffer.rearm();
-        }
-        let fresh = &buf.filled()[before..];
-        if this.sniffer.scanning && !fresh.is_empty() {
-            this.activity.mark_head(true);
-            if this.sniffer.feed(fresh) {
-                this.activity.cl_and_te.store(true, Ordering::Release);
-            }
-            if !this.sniffer.scanning {
-                // The head is complete (or the connection turned out to speak h2).
-                this.activity.mark_head(false);
-            }
-        }
-        result
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for SniffedStream<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
-/// Finds request heads that carry both `Content-Length` and `Transfer-Encoding`.
-struct HeadSniffer {
-    scanning: bool,
-    /// The start of the current line, lowercased (enough to recognise the two header names).
-    line: [u8; 18],
-    line_len: usize,
-    /// Bytes in the current line, excluding CR.
-    line_total: usize,
-    seen_request_line: bool,
-    content_length: bool,
-    transfer_encoding: bool,
-    /// The connection speaks h2 (it opened with the h2c preface): nothing to sniff, ever.
-    http2: bool,
-}
-
-impl Default for HeadSniffer {
-    fn default() -> Self {
-        HeadSniffer {
-            scanning: true,
-            line: [0; 18],
-            line_len: 0,
-            line_total: 0,
-            seen_request_line: false,
-            content_length: false,
-            transfer_encoding: false,
-            http2: false,
-        }
-    }
-}
-
-impl HeadSniffer {
-    fn rearm(&mut self) {
-        *self = HeadSniffer { scanning: !self.http2, http2: self.http2, ..HeadSniffer::default() };
-    }
-
-    /// Scans bytes; true when a head that just ended carried both framing headers.
-    fn feed(&mut self, bytes: &[u8]) -> bool {
-        let mut found = false;
-        for &b in bytes {
-            if !self.scanning {
-                break;
-            }
-            match b {
-                b'\n' => {
-                    if self.line_total == 0 {
-                        if self.seen_request_line {
-                            found |= self.content_length && self.transfer_encoding;
-                            self.scanning = false;
-                        }
-                    } else if !self.seen_request_line {
-                        self.seen_request_line = true;
-                        if self.line[..self.line_len].starts_with(b"pri * http/2.0") {
-                            self.http2 = true;
-                            self.scanning = false;
-                        }
-                    } else {
-                        let line = &self.line[..self.line_len];
-                        self.content_length |= line.starts_with(b"content-length:");
-                        self.transfer_encoding |= line.starts_with(b"transfer-encoding:");
-                    }
-                    self.line_len = 0;
-                    self.line_total = 0;
-                }
-                b'\r' => {}
-                _ => {
-                    if self.line_len < self.line.len() {
-                        self.line[self.line_len] = b.to_ascii_lowercase();
-                        self.line_len += 1;
-                    }
-                    self.line_total += 1;
-                }
-            }
-        }
-        found
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::HeadSniffer;
-
-    #[test]
-    fn sniffer_finds_both_framing_headers_across_reads() {
-        let head = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n";
-        for split in 1..head.len() {
-            let mut s = HeadSniffer::default();
-            let found = s.feed(&head[..split]) | s.feed(&head[split..]);
-            assert!(found, "split at {split}");
-        }
-        let mut s = HeadSniffer::default();
-        assert!(!s.feed(b"POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"));
-        assert!(!s.scanning, "bodies are not scanned");
-        // A header value that merely mentions the other name does not count.
-        let mut s = HeadSniffer::default();
-        assert!(!s.feed(b"GET / HTTP/1.1\r\nX-Note: content-length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"));
-        // h2c: the preface turns the sniffer off for good.
-        let mut s = HeadSniffer::default();
-        assert!(!s.feed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
-        s.rearm();
-        assert!(!s.scanning);
     }
 }

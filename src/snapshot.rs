@@ -135,6 +135,7 @@ impl Snapshot {
                 })
                 .collect(),
             config.storage.on_error,
+            config.server.escaped_slashes,
         );
 
         let (upstream_scheme, upstream_authority) =

@@ -246,6 +246,30 @@ pub enum Lease {
 #[error("rate-limit storage unavailable")]
 pub struct StorageUnavailable;
 
+/// Reports one guarded store call to the breaker and counts its failure: the one place a store
+/// outcome is classified.
+fn settle<T>(
+    permit: breaker::Permit<'_>,
+    result: Result<Result<T, redis::StoreError>, tokio::time::error::Elapsed>,
+) -> Result<T, StorageUnavailable> {
+    match result {
+        Ok(Ok(value)) => {
+            permit.success();
+            Ok(value)
+        }
+        Ok(Err(e)) => {
+            metrics::counter!(crate::metrics::STORAGE_ERRORS, "kind" => e.kind()).increment(1);
+            permit.failure(&e.to_string());
+            Err(StorageUnavailable)
+        }
+        Err(_) => {
+            metrics::counter!(crate::metrics::STORAGE_ERRORS, "kind" => "timeout").increment(1);
+            permit.failure("timeout");
+            Err(StorageUnavailable)
+        }
+    }
+}
+
 /// Where counters live.
 pub enum Store {
     Memory,
@@ -311,28 +335,18 @@ impl Limiter {
         if let Some(d) = self.negative.refuse(key, plan, self.local.clock().now_ms()) {
             return Ok(d);
         }
-        if !self.breaker.allow() {
+        let Some(permit) = self.breaker.allow() else {
             return self.degraded(key, fallback, on_error);
-        }
+        };
         let started = std::time::Instant::now();
         let result = tokio::time::timeout(self.timeout, redis.decide(key, plan, true)).await;
         self.duration.record(started.elapsed().as_secs_f64());
-        match result {
-            Ok(Ok(d)) => {
-                self.breaker.success();
+        match settle(permit, result) {
+            Ok(d) => {
                 self.negative.remember(key, plan, &d);
                 Ok(d)
             }
-            Ok(Err(e)) => {
-                metrics::counter!(crate::metrics::STORAGE_ERRORS, "kind" => e.kind()).increment(1);
-                self.breaker.failure(&e.to_string());
-                self.degraded(key, fallback, on_error)
-            }
-            Err(_) => {
-                metrics::counter!(crate::metrics::STORAGE_ERRORS, "kind" => "timeout").increment(1);
-                self.breaker.failure("timeout");
-                self.degraded(key, fallback, on_error)
-            }
+            Err(StorageUnavailable) => self.degraded(key, fallback, on_error),
         }
     }
 
@@ -350,32 +364,18 @@ impl Limiter {
 
     /// The caller's windows without consuming anything (the quota endpoint).
     pub async fn peek(&self, key: &IdentityKey, plan: &Plan) -> Result<Decision, StorageUnavailable> {
-        match &self.store {
-            Store::Memory => Ok(self.local.peek(key, plan)),
-            Store::Redis(redis) => match tokio::time::timeout(self.timeout, redis.decide(key, plan, false)).await {
-                Ok(Ok(d)) => Ok(d),
-                _ => Err(StorageUnavailable),
-            },
-        }
+        let Store::Redis(redis) = &self.store else { return Ok(self.local.peek(key, plan)) };
+        let permit = self.breaker.allow().ok_or(StorageUnavailable)?;
+        settle(permit, tokio::time::timeout(self.timeout, redis.decide(key, plan, false)).await)
     }
 
-    /// The tier stored for a user in Redis (`tier_source = "redis"`); `None` on a miss or an error.
-    pub async fn tier_override(&self, user: &str) -> Option<String> {
-        let Store::Redis(redis) = &self.store else { return None };
-        if !self.breaker.allow() {
-            return None;
-        }
-        match tokio::time::timeout(self.timeout, redis.tier_override(user)).await {
-            Ok(Ok(tier)) => tier,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "tier override lookup failed; using the token's tier");
-                None
-            }
-            Err(_) => {
-                tracing::debug!("tier override lookup timed out; using the token's tier");
-                None
-            }
-        }
+    /// The tier stored for a user in Redis (`tier_source = "redis"`): `Ok(None)` when none is stored
+    /// (or the store is memory), `Err` when Redis could not answer (the caller keeps the token's
+    /// tier and must not remember the failure as "no override").
+    pub async fn tier_override(&self, user: &str) -> Result<Option<String>, StorageUnavailable> {
+        let Store::Redis(redis) = &self.store else { return Ok(None) };
+        let permit = self.breaker.allow().ok_or(StorageUnavailable)?;
+        settle(permit, tokio::time::timeout(self.timeout, redis.tier_override(user)).await)
     }
 
     /// Drops idle state; called periodically.

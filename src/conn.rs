@@ -1,0 +1,477 @@
+//! What one accepted connection knows, shared by the server (which serves it) and the proxy (which
+//! answers its requests): [`ConnInfo`] (peer, TLS), [`ConnActivity`] (requests in flight, the
+//! request head being read, what the framing sniffer found) and [`SniffedStream`], the client's byte
+//! stream with an HTTP/1.1 framing sniffer on it.
+//!
+//! Why a sniffer: hyper drops `Content-Length` from a request that also carries
+//! `Transfer-Encoding` before the proxy can see it, yet RFC 9112 §6.1 wants that request refused.
+//! The sniffer follows the connection's HTTP/1.1 framing as hyper will: each head, then its body by
+//! `Content-Length` (skipped by count, never scanned) or by chunked framing (only the size lines and
+//! trailers are read). So it finds every head, pipelined ones included, and numbers them; the proxy
+//! numbers requests the same way and refuses the request whose head had both. Heads are also what
+//! the header-read timeout watches. An h2 connection, an upgraded one, or framing the sniffer cannot
+//! follow (hyper then refuses the request itself) switches it off.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+/// One accepted connection, as requests on it see it.
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// The client connected over TLS.
+    pub tls: bool,
+    pub activity: Arc<ConnActivity>,
+}
+
+/// Per-connection activity: requests in flight (idle timeout), the head being read (header-read
+/// timeout) and the framing sniffer's findings.
+pub struct ConnActivity {
+    born: Instant,
+    active: AtomicUsize,
+    /// Milliseconds after `born` at which the last request finished.
+    last_ms: AtomicU64,
+    /// 1 + milliseconds after `born` at which the request head being read began; 0: none.
+    head_since: AtomicU64,
+    /// The number (1-based) of the first request head that carried both `Content-Length` and
+    /// `Transfer-Encoding`; 0: none so far.
+    smuggling_head: AtomicU64,
+    /// Requests the proxy has started on this connection.
+    requests: AtomicU64,
+    /// The connection was upgraded (a tunnel now): nothing more to sniff.
+    upgraded: AtomicBool,
+}
+
+impl Default for ConnActivity {
+    fn default() -> Self {
+        ConnActivity::new()
+    }
+}
+
+impl ConnActivity {
+    pub fn new() -> ConnActivity {
+        ConnActivity {
+            born: Instant::now(),
+            active: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+            // A new connection owes us a request head from the moment it is accepted.
+            head_since: AtomicU64::new(1),
+            smuggling_head: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            upgraded: AtomicBool::new(false),
+        }
+    }
+
+    pub fn begin(&self) {
+        self.active.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn end(&self) {
+        self.last_ms.store(self.born.elapsed().as_millis() as u64, Ordering::Release);
+        self.active.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Numbers the next request on this connection, in the order hyper hands them over (the order
+    /// of their heads on the wire), and says whether its head carried both `Content-Length` and
+    /// `Transfer-Encoding` (hyper has removed `Content-Length` by now; the sniffer saw it).
+    pub fn next_request_had_cl_and_te(&self) -> bool {
+        let n = self.requests.fetch_add(1, Ordering::AcqRel) + 1;
+        let bad = self.smuggling_head.load(Ordering::Acquire);
+        bad != 0 && n >= bad
+    }
+
+    /// The connection became a tunnel (101 Switching Protocols): its bytes are no longer HTTP.
+    pub fn upgraded(&self) {
+        self.upgraded.store(true, Ordering::Release);
+    }
+
+    /// When the connection becomes idle-expired if nothing happens; `None`: a request is in flight
+    /// or a request head is being read.
+    pub fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
+        if self.active.load(Ordering::Acquire) > 0 || self.head_since.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        Some(self.born + Duration::from_millis(self.last_ms.load(Ordering::Acquire)) + idle)
+    }
+
+    /// When the request head being read must be complete; `None`: no head is being read.
+    pub fn head_deadline(&self, header_read_timeout: Duration) -> Option<Instant> {
+        match self.head_since.load(Ordering::Acquire) {
+            0 => None,
+            since => Some(self.born + Duration::from_millis(since - 1) + header_read_timeout),
+        }
+    }
+
+    fn mark_head(&self, reading: bool) {
+        if reading {
+            let now = self.born.elapsed().as_millis() as u64 + 1;
+            let _ = self.head_since.compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
+        } else {
+            self.head_since.store(0, Ordering::Release);
+        }
+    }
+}
+
+/// The client's stream, with the framing sniffer looking at every byte hyper reads.
+pub struct SniffedStream<S> {
+    inner: S,
+    sniffer: FramingSniffer,
+    activity: Arc<ConnActivity>,
+}
+
+impl<S> SniffedStream<S> {
+    pub fn new(inner: S, activity: Arc<ConnActivity>) -> SniffedStream<S> {
+        SniffedStream { inner, sniffer: FramingSniffer::default(), activity }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for SniffedStream<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let fresh = &buf.filled()[before..];
+        if fresh.is_empty() || this.sniffer.is_off() {
+            return result;
+        }
+        if this.activity.upgraded.load(Ordering::Acquire) {
+            this.sniffer.turn_off();
+            this.activity.mark_head(false);
+            return result;
+        }
+        if let Some(head) = this.sniffer.feed(fresh) {
+            let _ = this.activity.smuggling_head.compare_exchange(0, head, Ordering::AcqRel, Ordering::Acquire);
+        }
+        this.activity.mark_head(this.sniffer.reading_head());
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for SniffedStream<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Where the sniffer is in the connection's HTTP/1.1 byte stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// A request line and header lines, up to the empty line.
+    Head,
+    /// `Content-Length` body bytes still to come.
+    Body(u64),
+    /// A chunk-size line (hex digits, then extensions, up to LF).
+    ChunkSize,
+    /// Chunk data bytes still to come.
+    ChunkData(u64),
+    /// The CRLF after a chunk's data.
+    ChunkEnd,
+    /// Trailer lines after the last chunk, up to the empty line.
+    Trailers,
+    /// h2, an upgraded tunnel, or framing hyper will refuse anyway.
+    Off,
+}
+
+/// How much of a header line is kept (lowercased) to recognise the framing headers and read a
+/// `Content-Length` value.
+const LINE_KEEP: usize = 64;
+
+/// Follows HTTP/1.1 framing; reports heads that carry both `Content-Length` and `Transfer-Encoding`.
+pub struct FramingSniffer {
+    phase: Phase,
+    line: [u8; LINE_KEEP],
+    line_len: usize,
+    /// Bytes in the current line, excluding CR.
+    line_total: usize,
+    seen_request_line: bool,
+    /// The head's `Content-Length`: `Some(Ok(n))`, or `Some(Err)` when it cannot be read as hyper
+    /// would (hyper refuses such a request itself).
+    content_length: Option<Result<u64, ()>>,
+    transfer_encoding: bool,
+    /// Chunk size being read; `None`: its digits overflowed.
+    chunk_size: Option<u64>,
+    chunk_digits: bool,
+    /// Past the chunk size's digits (in an extension).
+    chunk_ext: bool,
+    /// Heads completed on this connection.
+    heads: u64,
+}
+
+impl Default for FramingSniffer {
+    fn default() -> Self {
+        FramingSniffer {
+            phase: Phase::Head,
+            line: [0; LINE_KEEP],
+            line_len: 0,
+            line_total: 0,
+            seen_request_line: false,
+            content_length: None,
+            transfer_encoding: false,
+            chunk_size: Some(0),
+            chunk_digits: false,
+            chunk_ext: false,
+            heads: 0,
+        }
+    }
+}
+
+impl FramingSniffer {
+    pub fn is_off(&self) -> bool {
+        self.phase == Phase::Off
+    }
+
+    pub fn turn_off(&mut self) {
+        self.phase = Phase::Off;
+    }
+
+    /// Part of a request head has been read and its end not yet.
+    pub fn reading_head(&self) -> bool {
+        self.phase == Phase::Head && (self.seen_request_line || self.line_total > 0)
+    }
+
+    /// Feeds bytes as they are read; returns the number (1-based) of a head that just ended with
+    /// both `Content-Length` and `Transfer-Encoding`, if one did.
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Option<u64> {
+        let mut found = None;
+        while !bytes.is_empty() {
+            match self.phase {
+                Phase::Off => break,
+                Phase::Body(left) | Phase::ChunkData(left) => {
+                    let take = left.min(bytes.len() as u64);
+                    bytes = &bytes[take as usize..];
+                    self.phase = match (self.phase, left - take) {
+                        (Phase::Body(_), 0) => Phase::Head,
+                        (Phase::Body(_), n) => Phase::Body(n),
+                        (_, 0) => Phase::ChunkEnd,
+                        (_, n) => Phase::ChunkData(n),
+                    };
+                }
+                Phase::Head | Phase::Trailers | Phase::ChunkSize | Phase::ChunkEnd => {
+                    let b = bytes[0];
+                    bytes = &bytes[1..];
+                    if let Some(head) = self.line_byte(b) {
+                        found = found.or(Some(head));
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// One byte of a line-based phase.
+    fn line_byte(&mut self, b: u8) -> Option<u64> {
+        match (self.phase, b) {
+            (_, b'\r') => None,
+            (Phase::ChunkSize, b'\n') => {
+                self.phase = match (self.chunk_digits, self.chunk_size) {
+                    (true, Some(0)) => Phase::Trailers,
+                    (true, Some(n)) => Phase::ChunkData(n),
+                    // No digits, or a size past u64: hyper refuses the body.
+                    _ => Phase::Off,
+                };
+                self.chunk_size = Some(0);
+                self.chunk_digits = false;
+                self.chunk_ext = false;
+                None
+            }
+            (Phase::ChunkSize, _) => {
+                // Hex digits first; after the first other byte (an extension, whitespace) only LF matters.
+                match (b as char).to_digit(16) {
+                    Some(d) if !self.chunk_ext => {
+                        self.chunk_digits = true;
+                        self.chunk_size = self.chunk_size.and_then(|n| n.checked_mul(16)?.checked_add(u64::from(d)));
+                    }
+                    _ => self.chunk_ext = true,
+                }
+                None
+            }
+            (Phase::ChunkEnd, b'\n') => {
+                self.phase = Phase::ChunkSize;
+                None
+            }
+            (Phase::ChunkEnd, _) => {
+                self.phase = Phase::Off;
+                None
+            }
+            (Phase::Trailers, b'\n') => {
+                if self.line_total == 0 {
+                    self.phase = Phase::Head;
+                }
+                self.line_total = 0;
+                None
+            }
+            (Phase::Trailers, _) => {
+                self.line_total += 1;
+                None
+            }
+            (Phase::Head, b'\n') => self.head_line_end(),
+            (Phase::Head, _) => {
+                if self.line_len < LINE_KEEP {
+                    self.line[self.line_len] = b.to_ascii_lowercase();
+                    self.line_len += 1;
+                }
+                self.line_total += 1;
+                None
+            }
+            (Phase::Body(_) | Phase::ChunkData(_) | Phase::Off, _) => None,
+        }
+    }
+
+    fn head_line_end(&mut self) -> Option<u64> {
+        let line_len = std::mem::take(&mut self.line_len);
+        let line_total = std::mem::take(&mut self.line_total);
+        if line_total == 0 {
+            // Empty lines before a request line are ignored (RFC 9112 §2.2); after one, the head ends.
+            return if self.seen_request_line { self.head_end() } else { None };
+        }
+        let line = &self.line[..line_len];
+        if !self.seen_request_line {
+            self.seen_request_line = true;
+            if line.starts_with(b"pri * http/2.0") {
+                // The h2c preface: nothing to sniff on this connection, ever.
+                self.phase = Phase::Off;
+            }
+            return None;
+        }
+        if let Some(value) = line.strip_prefix(b"content-length:") {
+            let complete = line_total <= LINE_KEEP;
+            let parsed = if complete { parse_content_length(value) } else { Err(()) };
+            self.content_length = match (self.content_length, parsed) {
+                (None, v) => Some(v),
+                (Some(Ok(a)), Ok(b)) if a == b => Some(Ok(a)),
+                _ => Some(Err(())),
+            };
+        } else if line.starts_with(b"transfer-encoding:") {
+            self.transfer_encoding = true;
+        }
+        None
+    }
+
+    fn head_end(&mut self) -> Option<u64> {
+        self.heads += 1;
+        let (cl, te) = (self.content_length.take(), std::mem::take(&mut self.transfer_encoding));
+        self.seen_request_line = false;
+        self.phase = match (cl, te) {
+            // Refused with 400 and the connection closed: nothing after it matters.
+            (Some(_), true) => {
+                self.phase = Phase::Off;
+                return Some(self.heads);
+            }
+            (None, true) => Phase::ChunkSize,
+            (Some(Ok(0)) | None, false) => Phase::Head,
+            (Some(Ok(n)), false) => Phase::Body(n),
+            (Some(Err(())), false) => Phase::Off,
+        };
+        None
+    }
+}
+
+/// A `Content-Length` value as hyper reads it: digits, optionally a comma list of equal values.
+fn parse_content_length(value: &[u8]) -> Result<u64, ()> {
+    let mut result = None;
+    for part in value.split(|&b| b == b',') {
+        let digits = part.trim_ascii();
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) || digits.len() > 19 {
+            return Err(());
+        }
+        let n: u64 = std::str::from_utf8(digits).map_err(|_| ())?.parse().map_err(|_| ())?;
+        match result {
+            None => result = Some(n),
+            Some(m) if m == n => {}
+            Some(_) => return Err(()),
+        }
+    }
+    result.ok_or(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FramingSniffer;
+
+    fn feed_split(stream: &[u8], split: usize) -> (Option<u64>, FramingSniffer) {
+        let mut s = FramingSniffer::default();
+        let a = s.feed(&stream[..split]);
+        let b = s.feed(&stream[split..]);
+        (a.or(b), s)
+    }
+
+    #[test]
+    fn finds_both_framing_headers_across_reads() {
+        let head = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n";
+        for split in 0..head.len() {
+            assert_eq!(feed_split(head, split).0, Some(1), "split at {split}");
+        }
+        // A header value that merely mentions the other name does not count.
+        let mut s = FramingSniffer::default();
+        assert_eq!(s.feed(b"GET / HTTP/1.1\r\nX-Note: content-length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"), None);
+        // h2c: the preface turns the sniffer off for good.
+        let mut s = FramingSniffer::default();
+        assert_eq!(s.feed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), None);
+        assert!(s.is_off());
+    }
+
+    /// The defect: a second head read together with the first request's body was never scanned.
+    #[test]
+    fn finds_pipelined_heads_after_length_and_chunked_bodies() {
+        let stream: &[u8] = b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
+POST /b HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\nX-Trailer: 1\r\n\r\n\
+GET /c HTTP/1.1\r\nHost: a\r\n\r\n\
+POST /d HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        for split in 0..stream.len() {
+            let (found, s) = feed_split(stream, split);
+            assert_eq!(found, Some(4), "split at {split}");
+            assert_eq!(s.heads, 4);
+        }
+        // Body bytes that look like a smuggled head are data, not a head.
+        let mut s = FramingSniffer::default();
+        let body = b"GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let head = format!("POST /a HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len());
+        assert_eq!(s.feed(head.as_bytes()), None);
+        assert_eq!(s.feed(body), None);
+        assert_eq!(s.heads, 1);
+        assert!(!s.reading_head());
+    }
+
+    #[test]
+    fn framing_hyper_refuses_turns_it_off() {
+        for stream in [
+            &b"POST / HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\nhello"[..],
+            b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\nhello",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        ] {
+            let mut s = FramingSniffer::default();
+            assert_eq!(s.feed(stream), None);
+            assert!(s.is_off(), "{}", String::from_utf8_lossy(stream));
+        }
+        let mut s = FramingSniffer::default();
+        s.feed(b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\nhelloGET / HTTP/1.1\r\n");
+        assert!(!s.is_off() && s.reading_head(), "equal comma-listed lengths are one length");
+    }
+}
