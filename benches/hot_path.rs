@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::HeaderMap;
-use tiergate::config::{Algorithm, Class, Config};
+use tiergate::config::Config;
+use tiergate::limit::Algorithm;
 use tiergate::limit::{Clock, IdentityKey, LocalLimiter, Plan, WindowSpec};
+use tiergate::route::Class;
 use tiergate::snapshot::{Secrets, Snapshot};
 
 fn plan(algorithm: Algorithm) -> Plan {

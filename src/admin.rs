@@ -5,7 +5,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -17,13 +17,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::ProxyBody;
-use crate::proxy::Proxy;
 
 const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub async fn serve(
     listener: TcpListener,
-    proxy: Arc<Proxy>,
+    ready: Arc<AtomicBool>,
     metrics: &'static PrometheusHandle,
     stop: CancellationToken,
 ) {
@@ -35,11 +34,11 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
         };
         let Ok((stream, _)) = accepted else { continue };
-        let proxy = Arc::clone(&proxy);
+        let ready = Arc::clone(&ready);
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let proxy = Arc::clone(&proxy);
-                async move { Ok::<_, Infallible>(respond(&proxy, metrics, &req)) }
+                let ready = ready.load(Ordering::Acquire);
+                async move { Ok::<_, Infallible>(respond(ready, metrics, &req)) }
             });
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder.http1().timer(TokioTimer::new()).header_read_timeout(std::time::Duration::from_secs(10));
@@ -48,7 +47,7 @@ pub async fn serve(
     }
 }
 
-fn respond(proxy: &Proxy, metrics: &PrometheusHandle, req: &Request<Incoming>) -> Response<ProxyBody> {
+fn respond(ready: bool, metrics: &PrometheusHandle, req: &Request<Incoming>) -> Response<ProxyBody> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
@@ -60,7 +59,7 @@ fn respond(proxy: &Proxy, metrics: &PrometheusHandle, req: &Request<Incoming>) -
             resp
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" if proxy.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
+        "/readyz" if ready => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
         _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /healthz or /readyz\n"),
     }

@@ -6,6 +6,10 @@
 //! that need the outside world (environment variables, key files) belong to
 //! [`crate::snapshot::Snapshot::compile`], which is the only reader of a `Config`.
 
+use crate::headers::{Environment, RateLimitHeaders};
+use crate::identity::{InvalidToken, TierSource};
+use crate::limit::Algorithm;
+use crate::route::{Class, OnError};
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -33,76 +37,9 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Environment {
-    Production,
-    Staging,
-    Development,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Memory,
     Redis,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnError {
-    Allow,
-    Deny,
-    Local,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
-    SlidingLog,
-    Gcra,
-    FixedWindow,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InvalidToken {
-    Reject,
-    Anonymous,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TierSource {
-    Claim,
-    Redis,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RateLimitHeaders {
-    Legacy,
-    Ietf,
-    Both,
-    None,
-}
-
-/// Route classes, in the order used for per-class tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Class {
-    General = 0,
-    Api = 1,
-    DataExport = 2,
-    Exempt = 3,
-}
-
-impl Class {
-    pub const ALL: [Class; 4] = [Class::General, Class::Api, Class::DataExport, Class::Exempt];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Class::General => "general",
-            Class::Api => "api",
-            Class::DataExport => "data_export",
-            Class::Exempt => "exempt",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Class> {
-        Class::ALL.into_iter().find(|c| c.as_str() == s)
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -237,6 +174,13 @@ pub struct SecurityHeaders {
 pub const RESERVED_WINDOW_NAMES: [&str; 5] = ["minute", "hour", "day", "export_day", "concurrent"];
 
 impl Config {
+    /// The files the config names whose content a reload re-reads (keys, certificates).
+    pub fn key_files(&self) -> Vec<PathBuf> {
+        let id = &self.identity;
+        let tls = self.tls.iter().flat_map(|t| [t.cert_file.clone(), t.key_file.clone()]);
+        id.jwt_public_key_file.iter().chain(id.jwks_file.iter()).cloned().chain(tls).collect()
+    }
+
     /// Reads and parses a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path)

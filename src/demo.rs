@@ -21,7 +21,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::body::BoxError;
-use crate::config::{Config, Environment};
+use crate::config::Config;
+use crate::headers::Environment;
 use crate::snapshot::{Secrets, Snapshot};
 
 type EchoBody = BoxBody<Bytes, BoxError>;
@@ -200,11 +201,12 @@ pub async fn run(opts: DemoOptions) -> Result<(), Box<dyn std::error::Error>> {
         .filter(|t| t.api_calls_per_minute >= 0)
         .min_by_key(|t| t.api_calls_per_minute)
         .map_or((tiers.first().cloned().unwrap_or_default(), 20), |t| (t.name.clone(), t.api_calls_per_minute + 5));
+    crate::app::install_process_globals();
+    let table = crate::snapshot::describe(&config);
     let snapshot = Snapshot::compile(config, &secrets)?;
-    let table = snapshot.describe();
-    let server = match crate::server::start(snapshot).await {
+    let server = match crate::app::start(snapshot).await {
         Ok(s) => s,
-        Err(e @ crate::server::StartError::Bind { .. }) => {
+        Err(e @ crate::app::StartError::Bind { .. }) => {
             return Err(format!("{e}\n(another program has this port: pick another with `tiergate demo --listen 127.0.0.1:PORT --admin-listen 127.0.0.1:PORT`)").into());
         }
         Err(e) => return Err(e.into()),

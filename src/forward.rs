@@ -2,6 +2,7 @@
 //! stripped, `X-Forwarded-*` appended, `X-Request-Id`, identity headers), the deadline, and the
 //! classification of upstream failures (connect → 502, no headers in time → 504).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -49,7 +50,6 @@ pub fn https_connector(
 ) -> Result<hyper_rustls::HttpsConnector<HttpConnector>, String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    crate::server::install_crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let native = rustls_native_certs::load_native_certs();
@@ -68,7 +68,13 @@ pub fn https_connector(
             roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
         }
     }
-    let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    // The provider is named here rather than taken from the process default: building a connector
+    // (which compiling a snapshot does, to check upstream_ca_file) touches no global state.
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);

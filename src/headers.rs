@@ -7,8 +7,7 @@
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 
-use crate::config::{Environment, HeadersConfig, RateLimitHeaders};
-use crate::limit::{Decision, Plan};
+use crate::limit::{CONCURRENT, Decision, Plan};
 
 pub static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
@@ -22,8 +21,22 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 pub static PERMISSIONS_POLICY: HeaderName = HeaderName::from_static("permissions-policy");
 pub static X_XSS_PROTECTION: HeaderName = HeaderName::from_static("x-xss-protection");
 
-/// The window name used in headers for the concurrency cap.
-pub const CONCURRENT: &str = "concurrent";
+/// Which security-header defaults apply (`server.environment`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Production,
+    Staging,
+    Development,
+}
+
+/// Which rate-limit headers are sent (`headers.rate_limit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitHeaders {
+    Legacy,
+    Ietf,
+    Both,
+    None,
+}
 
 /// Compiled decoration settings (part of the snapshot).
 pub struct Decorator {
@@ -34,35 +47,20 @@ pub struct Decorator {
 }
 
 impl Decorator {
-    pub fn new(cfg: &HeadersConfig, environment: Environment) -> Decorator {
-        let s = &cfg.security;
-        let mut security = Vec::new();
-        if s.enabled {
-            let dev = environment == Environment::Development;
-            let frame = if dev { "SAMEORIGIN" } else { s.x_frame_options.as_str() };
-            let pairs: [(HeaderName, &str); 7] = [
-                (http::header::STRICT_TRANSPORT_SECURITY, if dev { "" } else { s.strict_transport_security.as_str() }),
-                (http::header::X_CONTENT_TYPE_OPTIONS, s.x_content_type_options.as_str()),
-                (http::header::X_FRAME_OPTIONS, frame),
-                (X_XSS_PROTECTION.clone(), s.x_xss_protection.as_str()),
-                (http::header::REFERRER_POLICY, s.referrer_policy.as_str()),
-                (PERMISSIONS_POLICY.clone(), s.permissions_policy.as_str()),
-                (http::header::CONTENT_SECURITY_POLICY, s.content_security_policy.as_str()),
-            ];
-            for (name, value) in pairs {
-                // Empty means "do not send"; values were checked when the config was read.
-                if let (false, Ok(v)) = (value.is_empty(), HeaderValue::from_str(value)) {
-                    security.push((name, v));
-                }
-            }
-        }
-        let (legacy, ietf) = match cfg.rate_limit {
+    /// The security headers as compiled (empty values already left out), the names stripped from
+    /// upstream responses, and which rate-limit headers to send.
+    pub fn new(
+        security: Vec<(HeaderName, HeaderValue)>,
+        remove: Vec<HeaderName>,
+        rate_limit: RateLimitHeaders,
+    ) -> Decorator {
+        let (legacy, ietf) = match rate_limit {
             RateLimitHeaders::Legacy => (true, false),
             RateLimitHeaders::Ietf => (false, true),
             RateLimitHeaders::Both => (true, true),
             RateLimitHeaders::None => (false, false),
         };
-        Decorator { security, remove: cfg.remove.clone(), legacy, ietf }
+        Decorator { security, remove, legacy, ietf }
     }
 
     /// Removes the configured names (`Server`, `X-Powered-By`, …) from an upstream response.

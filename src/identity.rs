@@ -16,11 +16,38 @@ use ipnet::IpNet;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde_json::Value;
 
-use crate::config::InvalidToken;
-use crate::limit::IdentityKey;
-
 /// Verified tokens kept at most (each entry: the token text and a few words).
 const TOKEN_CACHE_CAPACITY: usize = 100_000;
+
+/// Who is counted: a verified user, or a client address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum IdentityKey {
+    User(Arc<str>),
+    Ip(IpAddr),
+}
+
+impl std::fmt::Display for IdentityKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IdentityKey::User(u) => write!(f, "user:{u}"),
+            IdentityKey::Ip(ip) => write!(f, "ip:{ip}"),
+        }
+    }
+}
+
+/// What an invalid token means (`identity.invalid_token`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidToken {
+    Reject,
+    Anonymous,
+}
+
+/// Where a verified user's tier comes from (`identity.tier_source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TierSource {
+    Claim,
+    Redis,
+}
 
 /// The caller, as the rest of the request sees it.
 #[derive(Clone, Debug)]

@@ -62,9 +62,12 @@ fn main() -> ExitCode {
         Command::Check => check(&cli.config),
         Command::Token { sub, tier, ttl, secret_env } => token(&cli.config, &sub, &tier, &ttl, secret_env.as_deref()),
         Command::Run => {
-            // Config first: nothing is bound, started or logged before it is known to be good.
-            let snapshot = match load(&cli.config) {
-                Ok(s) => s,
+            // Config first: nothing is bound, started or logged before it is known to be good. The
+            // process globals (crypto provider, metrics recorder) go in before it compiles, so its
+            // metric handles count into the recorder /metrics renders.
+            tiergate::app::install_process_globals();
+            let (_, snapshot) = match load(&cli.config) {
+                Ok(loaded) => loaded,
                 Err(code) => return code,
             };
             init_logging("info");
@@ -84,7 +87,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(path: &std::path::Path) -> Result<Snapshot, ExitCode> {
+fn load(path: &std::path::Path) -> Result<(Config, Snapshot), ExitCode> {
     let problems = |errs: tiergate::config::ConfigErrors| {
         eprintln!("{}: {} problem(s):", path.display(), errs.0.len());
         for e in &errs.0 {
@@ -93,16 +96,17 @@ fn load(path: &std::path::Path) -> Result<Snapshot, ExitCode> {
         ExitCode::from(EXIT_CONFIG)
     };
     let config = Config::load(path).map_err(problems)?;
-    Snapshot::compile(config, &Secrets::from_env()).map_err(problems)
+    let snapshot = Snapshot::compile(config.clone(), &Secrets::from_env()).map_err(problems)?;
+    Ok((config, snapshot))
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
     match load(path) {
-        Ok(snapshot) => {
+        Ok((config, _)) => {
             // A closed pipe (`tiergate check | head -1`) is not an error worth a panic.
             use std::io::Write;
             let mut out = std::io::stdout().lock();
-            let _ = write!(out, "{}: ok\n\n{}", path.display(), snapshot.describe());
+            let _ = write!(out, "{}: ok\n\n{}", path.display(), tiergate::snapshot::describe(&config));
             ExitCode::SUCCESS
         }
         Err(code) => code,
@@ -193,9 +197,9 @@ async fn run(snapshot: Snapshot, config_path: PathBuf) -> ExitCode {
     let term = signal(SignalKind::terminate()).ok();
     let int = signal(SignalKind::interrupt()).ok();
     let hup = signal(SignalKind::hangup()).ok();
-    let server = match tiergate::server::start(snapshot).await {
+    let server = match tiergate::app::start(snapshot).await {
         Ok(s) => s,
-        Err(tiergate::server::StartError::Config(errs)) => {
+        Err(tiergate::app::StartError::Config(errs)) => {
             for e in &errs.0 {
                 eprintln!("tiergate: {e}");
             }

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use metrics::{Counter, Gauge, Histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::config::Class;
+use crate::route::Class;
 
 pub const REQUESTS_TOTAL: &str = "tiergate_requests_total";
 pub const REQUEST_DURATION: &str = "tiergate_request_duration_seconds";
@@ -150,8 +150,9 @@ pub struct Handles {
 }
 
 impl Handles {
+    /// Resolves every handle against the installed recorder (`app::install_process_globals`);
+    /// before one is installed they count nothing.
     pub fn new(tier_names: &[&str]) -> Handles {
-        install();
         let tiers = tier_names.iter().copied().chain(std::iter::once(NO_TIER));
         let requests = tiers
             .map(|tier| {

@@ -21,25 +21,26 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use crate::body::{Guards, InflightGuard, ProxyBody, RequestBody};
-use crate::config::Class;
-use crate::config::TierSource;
 use crate::conn::{ConnActivity, ConnInfo};
 use crate::error::ProxyError;
 use crate::forward::{self, ForwardError, Upstream, UpstreamClient};
+use crate::identity::IdentityKey;
 use crate::identity::{IdentifyError, Identity};
-use crate::limit::{Decision, IdentityKey, Limiter};
+use crate::limit::{Decision, Limiter};
 use crate::metrics::Outcome;
+use crate::route::Class;
 use crate::snapshot::Snapshot;
 
 /// Everything a request needs that outlives one config snapshot.
 pub struct Proxy {
-    pub snapshot: ArcSwap<Snapshot>,
+    /// The current compiled config; a reload swaps it whole, each request loads it once.
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub limiter: Limiter,
     /// Tiers read from Redis (`tier_source = "redis"`), for `tier_cache_ttl`.
     pub tier_cache: TierCache,
     pub client: UpstreamClient,
-    /// False once draining has begun (`/readyz` → 503).
-    pub ready: AtomicBool,
+    /// False once draining has begun (`/readyz` → 503; the admin listener holds the same flag).
+    pub ready: Arc<AtomicBool>,
     /// Upgraded connections (WebSocket tunnels): a drain waits for them too.
     pub tunnels: tokio_util::task::TaskTracker,
 }
@@ -194,8 +195,7 @@ impl Proxy {
         forward::prepare(&mut parts, &target)
             .map_err(|_| ProxyError::BadRequest("The request target cannot be forwarded."))?;
         let upstream_started = Instant::now();
-        let sent =
-            forward::send(&self.client, Request::from_parts(parts, body), snap.config.server.upstream_timeout).await;
+        let sent = forward::send(&self.client, Request::from_parts(parts, body), snap.upstream_timeout).await;
         snap.metrics.upstream_duration.record(upstream_started.elapsed().as_secs_f64());
         let mut resp = match sent {
             Ok(resp) => resp,
@@ -253,10 +253,9 @@ impl Proxy {
             }
             Err(IdentifyError::Invalid) => return Err(ProxyError::Unauthorized),
         };
-        if snap.config.identity.tier_source == TierSource::Redis
+        if let Some(ttl) = snap.tier_override_ttl
             && let IdentityKey::User(user) = &identity.key
         {
-            let ttl = snap.config.identity.tier_cache_ttl;
             let tier = match self.tier_cache.get(user, ttl) {
                 Some(cached) => cached,
                 None => match self.limiter.tier_override(user).await {
@@ -407,7 +406,7 @@ fn violated_names(plan: &crate::limit::Plan, d: &Decision) -> Vec<Arc<str>> {
         .map(|(_, w)| w.name.clone())
         .collect();
     if d.concurrency_violated {
-        names.push(Arc::from(crate::headers::CONCURRENT));
+        names.push(Arc::from(crate::limit::CONCURRENT));
     }
     names
 }

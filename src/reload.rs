@@ -17,8 +17,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use arc_swap::ArcSwap;
+
 use crate::config::Config;
-use crate::proxy::Proxy;
 use crate::snapshot::{Secrets, Snapshot};
 
 const DEBOUNCE: Duration = Duration::from_millis(250);
@@ -35,14 +36,15 @@ pub enum Trigger {
 pub struct Reloader {
     path: PathBuf,
     secrets: Secrets,
-    proxy: Arc<Proxy>,
+    /// The snapshot requests load; a reload swaps it whole.
+    cell: Arc<ArcSwap<Snapshot>>,
     last: u64,
 }
 
 impl Reloader {
     /// `path`: the config file the running snapshot came from.
-    pub fn new(path: PathBuf, secrets: Secrets, proxy: Arc<Proxy>) -> Reloader {
-        let mut r = Reloader { path, secrets, proxy, last: 0 };
+    pub fn new(path: PathBuf, secrets: Secrets, cell: Arc<ArcSwap<Snapshot>>) -> Reloader {
+        let mut r = Reloader { path, secrets, cell, last: 0 };
         r.last = r.fingerprint().unwrap_or(0);
         r
     }
@@ -53,7 +55,7 @@ impl Reloader {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         text.hash(&mut h);
         if let Ok(config) = Config::parse(&String::from_utf8_lossy(&text)) {
-            for file in key_files(&config) {
+            for file in config.key_files() {
                 std::fs::read(file).ok().hash(&mut h);
             }
         }
@@ -73,9 +75,14 @@ impl Reloader {
         };
         match compiled {
             Ok(snapshot) => {
-                let old = self.proxy.snapshot.load();
-                warn_restart_needed(&old.config, &snapshot.config);
-                self.proxy.snapshot.store(Arc::new(snapshot));
+                let restart_needed = self.cell.load().startup.differences(&snapshot.startup);
+                if !restart_needed.is_empty() {
+                    tracing::warn!(
+                        changed = ?restart_needed,
+                        "these settings apply only at start: restart tiergate to apply them (everything else, certificates included, is live now)"
+                    );
+                }
+                self.cell.store(Arc::new(snapshot));
                 self.last = fingerprint.unwrap_or(0);
                 crate::metrics::config_reload(true);
                 tracing::info!(path = %self.path.display(), ?trigger, "config reloaded");
@@ -118,7 +125,7 @@ impl Reloader {
     fn watch_dirs(&self, tx: mpsc::UnboundedSender<()>) -> Vec<notify::RecommendedWatcher> {
         use notify::Watcher;
         let mut dirs = vec![parent(&self.path)];
-        dirs.extend(key_files(&self.proxy.snapshot.load().config).iter().map(|f| parent(f)));
+        dirs.extend(self.cell.load().key_files.iter().map(|f| parent(f)));
         dirs.sort();
         dirs.dedup();
         let mut watchers = Vec::new();
@@ -147,33 +154,5 @@ fn parent(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
-    }
-}
-
-fn key_files(config: &Config) -> Vec<PathBuf> {
-    let id = &config.identity;
-    let tls = config.tls.iter().flat_map(|t| [t.cert_file.clone(), t.key_file.clone()]);
-    id.jwt_public_key_file.iter().chain(id.jwks_file.iter()).cloned().chain(tls).collect()
-}
-
-fn warn_restart_needed(old: &Config, new: &Config) {
-    if old.server.listen != new.server.listen
-        || old.server.admin_listen != new.server.admin_listen
-        || old.tls.is_some() != new.tls.is_some()
-    {
-        tracing::warn!(
-            "server.listen, server.admin_listen or turning [tls] on/off changed: restart tiergate to apply (the other settings, certificates included, are live)"
-        );
-    }
-    if format!("{:?}", old.storage.backend) != format!("{:?}", new.storage.backend)
-        || old.storage.url != new.storage.url
-        || old.storage.cluster_nodes != new.storage.cluster_nodes
-        || old.storage.timeout != new.storage.timeout
-        || old.storage.lease_ttl != new.storage.lease_ttl
-        || old.storage.key_prefix != new.storage.key_prefix
-    {
-        tracing::warn!(
-            "storage backend, url, cluster_nodes, timeout, lease_ttl or key_prefix changed: restart tiergate to apply (limits, algorithm and on_error are live)"
-        );
     }
 }

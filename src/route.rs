@@ -15,7 +15,39 @@ use std::borrow::Cow;
 
 use http::Method;
 
-use crate::config::{Class, OnError};
+/// Route classes, in the order used for per-class tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Class {
+    General = 0,
+    Api = 1,
+    DataExport = 2,
+    Exempt = 3,
+}
+
+impl Class {
+    pub const ALL: [Class; 4] = [Class::General, Class::Api, Class::DataExport, Class::Exempt];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::General => "general",
+            Class::Api => "api",
+            Class::DataExport => "data_export",
+            Class::Exempt => "exempt",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Class> {
+        Class::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+/// What a request does when the limit store cannot answer (`on_error`, per route or storage-wide).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    Allow,
+    Deny,
+    Local,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {

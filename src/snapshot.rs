@@ -8,19 +8,23 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 
-use crate::config::{
-    Algorithm as LimitAlgorithm, Backend, Class, Config, ConfigErrors, TierConfig, TierSource, format_duration,
-};
-use crate::headers::{Decorator, policy_header};
+use crate::config::{Backend, Config, ConfigErrors, HeadersConfig, TierConfig, format_duration};
+use crate::headers::{Decorator, Environment, PERMISSIONS_POLICY, X_XSS_PROTECTION, policy_header};
+use crate::identity::TierSource;
 use crate::identity::{KeyRules, RemoteKeys, Verifier, VerifyKey, keys_from_jwks};
+use crate::limit::Algorithm as LimitAlgorithm;
 use crate::limit::{Plan, RedisTarget, WindowSpec};
 use crate::metrics::Handles;
+use crate::route::Class;
 use crate::route::{Route, RouteTable};
 
 const MIB: u64 = 1_048_576;
@@ -75,8 +79,68 @@ impl Tier {
     }
 }
 
+/// Settings that apply only when tiergate starts (listeners, TLS on or off, the upstream client's
+/// extra roots, the storage connection). A reload compares them and logs each one that changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Startup {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// `[tls]` is present: the data listener speaks HTTPS (its certificate itself is live).
+    pub tls: bool,
+    pub upstream_ca_file: Option<PathBuf>,
+    /// Where the Redis store connects (`REDIS_URL` overrides `storage.url`); `None`: memory store.
+    pub storage: Option<RedisTarget>,
+}
+
+impl Startup {
+    /// The keys of every setting that differs in `new` (each needs a restart to apply).
+    pub fn differences(&self, new: &Startup) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut check = |differs: bool, key: &'static str| {
+            if differs {
+                changed.push(key);
+            }
+        };
+        check(self.listen != new.listen, "server.listen");
+        check(self.admin_listen != new.admin_listen, "server.admin_listen");
+        check(self.tls != new.tls, "[tls] on/off");
+        check(self.upstream_ca_file != new.upstream_ca_file, "server.upstream_ca_file");
+        match (&self.storage, &new.storage) {
+            (Some(a), Some(b)) => {
+                check(a.url != b.url, "storage.url (or REDIS_URL)");
+                check(a.cluster_nodes != b.cluster_nodes, "storage.cluster_nodes");
+                check(a.ca_pem != b.ca_pem, "storage.ca_file");
+                check(a.key_prefix != b.key_prefix, "storage.key_prefix");
+                check(a.timeout != b.timeout, "storage.timeout");
+                check(a.lease_ttl != b.lease_ttl, "storage.lease_ttl");
+            }
+            (None, None) => {}
+            _ => check(true, "storage.backend"),
+        }
+        changed
+    }
+}
+
+/// What each new connection is served with (live: a reload applies to connections accepted after it).
+#[derive(Clone, Copy, Debug)]
+pub struct ConnSettings {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub shutdown_grace: Duration,
+}
+
 pub struct Snapshot {
-    pub config: Config,
+    pub startup: Startup,
+    pub conn: ConnSettings,
+    /// No response headers from the upstream by then → 504.
+    pub upstream_timeout: Duration,
+    /// `Some(tier_cache_ttl)` when a user's tier may come from Redis (`tier_source = "redis"`).
+    pub tier_override_ttl: Option<Duration>,
+    /// The files the config names (keys, certificates): the reloader watches their directories.
+    pub key_files: Vec<PathBuf>,
+    /// `jwks_url` keys must be fetched before serving (no `jwks_file` to fall back on).
+    remote_keys_required: bool,
     pub upstream_scheme: Scheme,
     pub upstream_authority: Authority,
     pub routes: RouteTable,
@@ -86,8 +150,6 @@ pub struct Snapshot {
     pub metrics: Handles,
     pub user_id_header: HeaderName,
     pub tier_header: HeaderName,
-    /// Where the Redis store connects (`REDIS_URL` overrides `storage.url`); `None`: memory store.
-    pub redis: Option<RedisTarget>,
     /// The certificate and key `[tls]` names, read when this snapshot compiled.
     pub tls: Option<Arc<rustls::sign::CertifiedKey>>,
 }
@@ -174,14 +236,30 @@ impl Snapshot {
             upstream_authority,
             routes,
             identity,
-            decorator: Decorator::new(&config.headers, config.server.environment),
+            decorator: compile_decorator(&config.headers, config.server.environment),
             metrics,
             user_id_header: config.identity.user_id_header.clone(),
             tier_header: config.identity.tier_header.clone(),
-            redis,
             tls,
             tiers,
-            config,
+            startup: Startup {
+                listen: config.server.listen,
+                admin_listen: config.server.admin_listen,
+                tls: config.tls.is_some(),
+                upstream_ca_file: config.server.upstream_ca_file.clone(),
+                storage: redis,
+            },
+            conn: ConnSettings {
+                header_read_timeout: config.server.header_read_timeout,
+                idle_timeout: config.server.idle_timeout,
+                max_header_bytes: config.server.max_header_bytes,
+                shutdown_grace: config.server.shutdown_grace,
+            },
+            upstream_timeout: config.server.upstream_timeout,
+            tier_override_ttl: (config.identity.tier_source == TierSource::Redis)
+                .then_some(config.identity.tier_cache_ttl),
+            key_files: config.key_files(),
+            remote_keys_required: config.identity.jwks_file.is_none(),
         })
     }
 
@@ -191,7 +269,7 @@ impl Snapshot {
         let Some(remote) = &self.identity.remote else { return Ok(()) };
         if let Err(e) = remote.fetch().await {
             let problem = format!("identity.jwks_url: cannot fetch keys from {}: {e}", remote.url);
-            if self.config.identity.jwks_file.is_none() {
+            if self.remote_keys_required {
                 return Err(ConfigErrors(vec![problem]));
             }
             tracing::warn!("{problem}; serving with identity.jwks_file until a refresh succeeds");
@@ -199,9 +277,11 @@ impl Snapshot {
         remote.spawn_refresher();
         Ok(())
     }
+}
 
-    /// The effective tiers and limits, as `tiergate check` prints them.
-    pub fn describe(&self) -> String {
+/// The effective tiers and limits of a valid config, as `tiergate check` prints them.
+pub fn describe(config: &Config) -> String {
+    {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -209,7 +289,7 @@ impl Snapshot {
             "tier", "api/min", "req/hour", "req/day", "export/day", "concurrent", "upload"
         );
         let show = |v: i64| if v < 0 { "unlimited".to_string() } else { v.to_string() };
-        for t in &self.config.tiers {
+        for t in &config.tiers {
             let upload = if t.file_upload_size_mb < 0 {
                 "unlimited".to_string()
             } else {
@@ -241,7 +321,7 @@ impl Snapshot {
             );
         }
         let _ = writeln!(out, "\nroutes (first match wins; otherwise general):");
-        for r in &self.config.routes {
+        for r in &config.routes {
             let methods = if r.methods.is_empty() {
                 String::new()
             } else {
@@ -252,6 +332,32 @@ impl Snapshot {
         }
         out
     }
+}
+
+/// The security header values for the environment (empty: not sent), built once.
+fn compile_decorator(cfg: &HeadersConfig, environment: Environment) -> Decorator {
+    let s = &cfg.security;
+    let mut security = Vec::new();
+    if s.enabled {
+        let dev = environment == Environment::Development;
+        let frame = if dev { "SAMEORIGIN" } else { s.x_frame_options.as_str() };
+        let pairs: [(HeaderName, &str); 7] = [
+            (http::header::STRICT_TRANSPORT_SECURITY, if dev { "" } else { s.strict_transport_security.as_str() }),
+            (http::header::X_CONTENT_TYPE_OPTIONS, s.x_content_type_options.as_str()),
+            (http::header::X_FRAME_OPTIONS, frame),
+            (X_XSS_PROTECTION.clone(), s.x_xss_protection.as_str()),
+            (http::header::REFERRER_POLICY, s.referrer_policy.as_str()),
+            (PERMISSIONS_POLICY.clone(), s.permissions_policy.as_str()),
+            (http::header::CONTENT_SECURITY_POLICY, s.content_security_policy.as_str()),
+        ];
+        for (name, value) in pairs {
+            // Empty means "do not send"; values were checked when the config was read.
+            if let (false, Ok(v)) = (value.is_empty(), HeaderValue::from_str(value)) {
+                security.push((name, v));
+            }
+        }
+    }
+    Decorator::new(security, cfg.remove.clone(), cfg.rate_limit)
 }
 
 fn compile_tier(t: &TierConfig, algorithm: LimitAlgorithm, divisor: u64) -> Tier {

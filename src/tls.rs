@@ -15,8 +15,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::proxy::Proxy;
-
 /// Reads a PEM certificate chain and private key into a key rustls can serve.
 pub fn load_certified_key(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, Vec<String>> {
     let mut problems = Vec::new();
@@ -64,26 +62,31 @@ pub fn load_certified_key(cert_file: &Path, key_file: &Path) -> Result<Certified
     }
 }
 
-/// Serves whatever certificate the current snapshot holds.
-#[derive(Debug)]
-struct FromSnapshot(Arc<Proxy>);
+/// Where the data listener's certificate comes from at each handshake (the current snapshot's).
+pub type Resolve = Arc<dyn Fn() -> Option<Arc<CertifiedKey>> + Send + Sync>;
 
-impl std::fmt::Debug for Proxy {
+struct Resolver(Resolve);
+
+impl std::fmt::Debug for Resolver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Proxy")
+        f.write_str("Resolver")
     }
 }
 
-impl ResolvesServerCert for FromSnapshot {
+impl ResolvesServerCert for Resolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.0.snapshot.load().tls.clone()
+        (self.0)()
     }
 }
 
-/// The acceptor for the data listener: ALPN h2 then http/1.1.
-pub fn acceptor(proxy: Arc<Proxy>) -> tokio_rustls::TlsAcceptor {
-    let mut config =
-        rustls::ServerConfig::builder().with_no_client_auth().with_cert_resolver(Arc::new(FromSnapshot(proxy)));
+/// The acceptor for the data listener: ALPN h2 then http/1.1; the certificate from `resolve`.
+pub fn acceptor(resolve: Resolve) -> tokio_rustls::TlsAcceptor {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = match rustls::ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions() {
+        Ok(builder) => builder.with_no_client_auth().with_cert_resolver(Arc::new(Resolver(resolve))),
+        // ring supports the default protocol versions; this arm is unreachable in practice.
+        Err(_) => rustls::ServerConfig::builder().with_no_client_auth().with_cert_resolver(Arc::new(Resolver(resolve))),
+    };
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }

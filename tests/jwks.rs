@@ -157,7 +157,7 @@ async fn a_first_fetch_that_fails_is_a_clear_error_unless_a_jwks_file_backs_it()
     let url = format!("http://{closed}/jwks");
     let config = tiergate::config::Config::parse(&format!("{SERVER}{}{TIERS}", identity_section(&url, ""))).unwrap();
     let snapshot = tiergate::snapshot::Snapshot::compile(config, &tiergate::snapshot::Secrets::default()).unwrap();
-    let err = tiergate::server::start(snapshot).await.err().expect("must not start without keys");
+    let err = tiergate::app::start(snapshot).await.err().expect("must not start without keys");
     assert!(err.to_string().contains("identity.jwks_url: cannot fetch keys from"), "{err}");
 
     let with_file = identity_section(&url, &format!("jwks_file = \"{}\"", fixture("jwks.json")));
@@ -176,5 +176,5 @@ async fn jwks_over_https_with_a_configured_ca() {
     // Without the CA the provider's certificate is not trusted: a clear start-up error.
     let config = tiergate::config::Config::parse(&format!("{SERVER}{}{TIERS}", identity_section(&url, ""))).unwrap();
     let snapshot = tiergate::snapshot::Snapshot::compile(config, &tiergate::snapshot::Secrets::default()).unwrap();
-    assert!(tiergate::server::start(snapshot).await.is_err());
+    assert!(tiergate::app::start(snapshot).await.is_err());
 }

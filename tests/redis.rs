@@ -469,7 +469,7 @@ async fn redis_cluster_spreads_users_over_the_masters() {
 
 /// The Redis store on its own (no proxy), for tests of the script itself.
 fn direct_store(redis: &RedisServer, key_prefix: &str) -> tiergate::limit::RedisStore {
-    tiergate::server::install_crypto_provider();
+    tiergate::app::install_process_globals();
     let target = tiergate::limit::RedisTarget {
         url: redis.url(),
         cluster_nodes: vec![],
@@ -483,7 +483,7 @@ fn direct_store(redis: &RedisServer, key_prefix: &str) -> tiergate::limit::Redis
 
 #[tokio::test]
 async fn switching_algorithms_reuses_keys_without_errors() {
-    use tiergate::config::Algorithm;
+    use tiergate::limit::Algorithm;
     use tiergate::limit::{IdentityKey, Plan, WindowSpec};
     let redis = RedisServer::start();
     let store = direct_store(&redis, "switch");
@@ -511,7 +511,7 @@ async fn switching_algorithms_reuses_keys_without_errors() {
 /// The Lua script and the in-memory limiter make the same decisions over random simulated time.
 #[tokio::test]
 async fn lua_script_matches_the_memory_model() {
-    use tiergate::config::Algorithm;
+    use tiergate::limit::Algorithm;
     use tiergate::limit::{Clock, IdentityKey, LocalLimiter, Plan, WindowSpec};
     let redis = RedisServer::start();
     let store = direct_store(&redis, "model");

@@ -40,7 +40,7 @@ struct TlsConn {
 }
 
 async fn connect(addr: std::net::SocketAddr, alpn: &[&[u8]]) -> TlsConn {
-    tiergate::server::install_crypto_provider();
+    tiergate::app::install_process_globals();
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(fixture("tls_ca.pem")).unwrap() {
         roots.add(cert.unwrap()).unwrap();

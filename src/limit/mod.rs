@@ -14,16 +14,27 @@ pub mod local;
 pub mod negative;
 pub mod redis;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use crate::config::{Algorithm, OnError};
+pub use crate::identity::IdentityKey;
+pub use crate::route::OnError;
 pub use breaker::Breaker;
 pub use local::{LocalLease, LocalLimiter};
 pub use negative::NegativeCache;
 pub use redis::{RedisLease, RedisStore, RedisTarget};
+
+/// How a window counts (`storage.algorithm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    SlidingLog,
+    Gcra,
+    FixedWindow,
+}
+
+/// The window name of the concurrency cap, in headers, bodies and Redis keys.
+pub const CONCURRENT: &str = "concurrent";
 
 /// Most rate windows one plan may carry (4 named + 32 custom, with room to spare).
 pub const MAX_WINDOWS: usize = 40;
@@ -53,22 +64,6 @@ impl Clock {
     pub fn advance(&self, ms: u64) {
         if let Clock::Manual(t) = self {
             t.fetch_add(ms, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Who is counted: a verified user, or a client address.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum IdentityKey {
-    User(Arc<str>),
-    Ip(IpAddr),
-}
-
-impl std::fmt::Display for IdentityKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            IdentityKey::User(u) => write!(f, "user:{u}"),
-            IdentityKey::Ip(ip) => write!(f, "ip:{ip}"),
         }
     }
 }
@@ -295,7 +290,6 @@ impl Limiter {
     }
 
     pub fn with_store(store: Store, clock: Clock, timeout: Duration) -> Limiter {
-        crate::metrics::install();
         Limiter {
             store,
             local: LocalLimiter::new(clock),

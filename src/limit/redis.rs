@@ -27,8 +27,7 @@ use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use tokio::sync::mpsc;
 
-use super::{Check, Decision, IdentityKey, Plan, Tally};
-use crate::config::Algorithm;
+use super::{Algorithm, Check, Decision, IdentityKey, Plan, Tally};
 
 const SCRIPT: &str = include_str!("redis.lua");
 
@@ -92,7 +91,7 @@ impl Conn {
 }
 
 /// Where to connect.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RedisTarget {
     /// One Redis (`redis://` or `rediss://`), used when `cluster_nodes` is empty.
     pub url: String,
@@ -247,7 +246,7 @@ impl RedisStore {
         for w in &plan.windows {
             inv.key(self.key(identity, &w.name));
         }
-        let lease_key = plan.concurrency.map(|_| self.key(identity, crate::headers::CONCURRENT));
+        let lease_key = plan.concurrency.map(|_| self.key(identity, crate::limit::CONCURRENT));
         if let Some(k) = &lease_key {
             inv.key(k.as_str());
         }

@@ -11,8 +11,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
+use tiergate::app::App;
 use tiergate::config::Config;
-use tiergate::server::Server;
 use tiergate::snapshot::{Secrets, Snapshot};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -102,7 +102,7 @@ pub async fn echo() -> SocketAddr {
 
 /// A running tiergate in front of an echo upstream.
 pub struct Gate {
-    pub server: Server,
+    pub server: App,
     pub upstream: SocketAddr,
     pub base: String,
     pub admin: String,
@@ -116,11 +116,12 @@ impl Gate {
     }
 
     pub async fn start_with_upstream(config: &str, upstream_url: &str, upstream: SocketAddr) -> Gate {
+        tiergate::app::install_process_globals();
         let mut config = Config::parse(config).unwrap_or_else(|e| panic!("test config: {e}"));
         config.server.upstream = upstream_url.parse().unwrap();
         let snapshot = Snapshot::compile(config, &Secrets::default().with(SECRET_ENV, SECRET))
             .unwrap_or_else(|e| panic!("compile: {e}"));
-        let server = tiergate::server::start(snapshot).await.unwrap();
+        let server = tiergate::app::start(snapshot).await.unwrap();
         let base = format!("http://{}", server.addr);
         let admin = format!("http://{}", server.admin_addr);
         Gate { server, upstream, base, admin }
@@ -283,7 +284,7 @@ pub fn fixture_acceptor(alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
             Some(self.0.clone())
         }
     }
-    tiergate::server::install_crypto_provider();
+    tiergate::app::install_process_globals();
     let key = tiergate::tls::load_certified_key(
         std::path::Path::new(&fixture("tls_server1.pem")),
         std::path::Path::new(&fixture("tls_server1.key")),

@@ -1,0 +1,166 @@
+//! The composition root: builds every long-lived part from the first snapshot (the limiter and its
+//! store, the upstream client, the proxy), binds the listeners, starts the accept loop, the admin
+//! listener, the idle sweeper and the config reloader, and drains them on shutdown.
+//!
+//! The process shell (`main.rs`, the demo, the tests) calls [`install_process_globals`] once,
+//! before compiling a snapshot: compiling has no global side effects of its own, and the metric
+//! handles a snapshot resolves count into the recorder installed here.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::limit::{Clock, Limiter, RedisStore, Store};
+use crate::proxy::{Proxy, TierCache};
+use crate::snapshot::{Secrets, Snapshot};
+
+/// How often idle limiter state is dropped.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// tiergate could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("storage: {0}")]
+    Store(#[from] crate::limit::redis::StoreError),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigErrors),
+}
+
+/// The process-wide state other libraries read: the rustls crypto provider (ring) and the metrics
+/// recorder. Idempotent; returns the handle `/metrics` renders from.
+pub fn install_process_globals() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::metrics::install()
+}
+
+/// A running tiergate: its addresses, and the handle to stop it.
+pub struct App {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub proxy: Arc<Proxy>,
+    shutdown: CancellationToken,
+    /// The admin listener outlives the drain: it stops when the `App` is dropped (process exit).
+    admin_stop: CancellationToken,
+    connections: TaskTracker,
+    tasks: TaskTracker,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        self.admin_stop.cancel();
+    }
+}
+
+/// Binds both listeners and starts serving `snapshot`.
+pub async fn start(snapshot: Snapshot) -> Result<App, StartError> {
+    start_with_clock(snapshot, Clock::System).await
+}
+
+pub async fn start_with_clock(snapshot: Snapshot, clock: Clock) -> Result<App, StartError> {
+    let metrics = install_process_globals();
+    // Remote keys are fetched before any port is bound: a sidecar that cannot verify tokens must
+    // not report ready.
+    snapshot.prepare().await?;
+    let startup = snapshot.startup.clone();
+    let bind = |key: &'static str, addr: SocketAddr| async move {
+        let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { key, addr, source })?;
+        let local = listener.local_addr().map_err(|source| StartError::Bind { key, addr, source })?;
+        Ok::<_, StartError>((listener, local))
+    };
+    let (listener, addr) = bind("server.listen", startup.listen).await?;
+    let (admin, admin_addr) = bind("server.admin_listen", startup.admin_listen).await?;
+
+    let limiter = match &startup.storage {
+        Some(target) => Limiter::with_store(Store::Redis(RedisStore::start(target)?), clock, target.timeout),
+        None => Limiter::memory(clock),
+    };
+    let client = crate::forward::client(startup.upstream_ca_file.as_deref())
+        .map_err(|e| crate::config::ConfigErrors(vec![format!("server.upstream_ca_file: {e}")]))?;
+    let proxy = Arc::new(Proxy {
+        snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+        limiter,
+        tier_cache: TierCache::default(),
+        client,
+        ready: Arc::new(AtomicBool::new(true)),
+        tunnels: TaskTracker::new(),
+    });
+    let shutdown = CancellationToken::new();
+    let connections = TaskTracker::new();
+    let tasks = TaskTracker::new();
+
+    let tls = startup.tls.then(|| {
+        let cell = Arc::clone(&proxy.snapshot);
+        crate::tls::acceptor(Arc::new(move || cell.load().tls.clone()))
+    });
+    tasks.spawn(crate::server::accept_loop(listener, tls, Arc::clone(&proxy), shutdown.clone(), connections.clone()));
+    let admin_stop = CancellationToken::new();
+    tokio::spawn(crate::admin::serve(admin, Arc::clone(&proxy.ready), metrics, admin_stop.clone()));
+    let sweeper = Arc::clone(&proxy);
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {
+                    let dropped = sweeper.limiter.sweep();
+                    if dropped > 0 {
+                        tracing::debug!(dropped, "idle limiter state dropped");
+                    }
+                }
+            }
+        }
+    });
+    tracing::info!(%addr, %admin_addr, "tiergate listening");
+    Ok(App { addr, admin_addr, proxy, shutdown, admin_stop, connections, tasks })
+}
+
+impl App {
+    /// Reloads the config at `path` on change (its directory is watched), every 30 s, and on each
+    /// signal `hup` delivers (the process's `SIGHUP` stream, registered early by the caller; `None`:
+    /// no signal trigger).
+    pub fn watch_config(&self, path: std::path::PathBuf, secrets: Secrets, hup: Option<tokio::signal::unix::Signal>) {
+        let reloader = crate::reload::Reloader::new(path, secrets, Arc::clone(&self.proxy.snapshot));
+        self.tasks.spawn(reloader.run(self.shutdown.clone(), hup));
+    }
+
+    /// Stops accepting, lets in-flight requests finish within the configured `shutdown_grace`.
+    pub async fn shutdown(&self) {
+        let grace = self.proxy.snapshot.load().conn.shutdown_grace;
+        self.drain(grace).await;
+    }
+
+    /// Stops accepting at once (`/readyz` → 503), closes idle connections, waits up to `grace` for
+    /// in-flight requests; returns whether everything finished in time.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        self.proxy.ready.store(false, Ordering::Release);
+        self.shutdown.cancel();
+        self.connections.close();
+        self.proxy.tunnels.close();
+        self.tasks.close();
+        let everything = async {
+            self.connections.wait().await;
+            self.proxy.tunnels.wait().await;
+        };
+        let drained = tokio::time::timeout(grace, everything).await.is_ok();
+        if !drained {
+            tracing::warn!(?grace, "shutdown grace elapsed with requests still in flight");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.tasks.wait()).await;
+        drained
+    }
+}
