@@ -1,6 +1,11 @@
 //! The per-request hot paths: one limit decision (memory store), a cached token lookup, the
 //! response decoration, path normalisation, and what forged tokens cost. Run:
 //! `cargo bench --bench hot_path`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or bench that cannot set up panics with a message: that is its failure report"
+)]
 
 use std::hint::black_box;
 use std::sync::Arc;

@@ -4,6 +4,10 @@
 //! headers, body size), so what tiergate forwarded can be seen and asserted. A few paths act out
 //! upstream behaviours: `/slow?ms=N` waits before answering, `/stream?chunks=N&ms=M` streams its body,
 //! `/hop` answers with hop-by-hop headers, and an `Upgrade` request is switched and echoed raw.
+#![allow(
+    clippy::print_stdout,
+    reason = "`tiergate demo` prints its addresses, tokens and live summary for the person who ran it"
+)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -15,9 +15,6 @@ pub static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-
 pub static X_RATELIMIT_WINDOW: HeaderName = HeaderName::from_static("x-ratelimit-window");
 pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static PERMISSIONS_POLICY: HeaderName = HeaderName::from_static("permissions-policy");
 pub static X_XSS_PROTECTION: HeaderName = HeaderName::from_static("x-xss-protection");
 

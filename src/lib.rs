@@ -1,37 +1,39 @@
 //! tiergate: a tier-aware rate-limiting reverse proxy, run as a sidecar beside a backend.
 //!
-//! A request flows one way through the modules, in this order:
+//! A request flows one way through the modules, and the modules are listed below in that order:
 //!
 //! ```text
-//!  client ─▶ server ─▶ proxy ─┬─▶ identity  (bearer JWT → user + tier, or client IP → anonymous)
-//!                             ├─▶ route     (path/method → general | api | data_export | exempt)
-//!                             ├─▶ limit     (all-or-nothing over the tier's windows + concurrency)
-//!                             ├─▶ forward   (pooled upstream client, hop-by-hop, X-Forwarded-*)
-//!                             ├─▶ headers   (security + rate-limit headers on every response)
-//!                             └─▶ metrics   (one record per request)
+//!  client ─▶ server ─▶ proxy ─┬─▶ route     (path normalised; path/method → general | api | data_export | exempt)
+//!   (conn: what one         ├─▶ identity  (bearer JWT → user + tier, or client IP → anonymous)
+//!    connection knows)      ├─▶ limit     (all-or-nothing over the tier's windows + concurrency)
+//!                           ├─▶ forward   (pooled upstream client, hop-by-hop, X-Forwarded-*; body streams)
+//!                           ├─▶ headers   (security + rate-limit headers on every response)
+//!                           ├─▶ error     (the one table from any stage's error to a response)
+//!                           └─▶ metrics   (one record per request; every stage reports to it)
 //! ```
 //!
-//! `config` parses and validates `config.toml`; `snapshot` compiles it into the immutable form the
-//! proxy reads (swapped whole); `reload` watches the config and swaps snapshots; `error` is the one table from failures to HTTP responses; `body`
-//! holds the streaming body types; `admin` serves `/metrics`, `/healthz`, `/readyz`; `demo` is the
-//! `tiergate demo` command and its echo upstream.
+//! A module may use only modules listed before it (`tests/architecture.rs` holds this). The
+//! foundations come first (`conn`, `route`'s vocabulary, `metrics`), then the stages in request
+//! order, then the config (`config` reads it, `snapshot` compiles it, the only reader of a
+//! `Config`), the orchestrator (`proxy`), and what runs it: `admin` (the admin port), `reload`
+//! (swaps snapshots), `server` (accept loop, connections), `app` (the composition root) and `demo`.
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod app;
-pub mod body;
-pub mod config;
 pub mod conn;
-pub mod demo;
-pub mod error;
-pub mod forward;
-pub mod headers;
+pub mod route;
+pub mod metrics;
 pub mod identity;
 pub mod limit;
-pub mod metrics;
-pub mod proxy;
-pub mod reload;
-pub mod route;
-pub mod server;
-pub mod snapshot;
+pub mod body;
+pub mod forward;
+pub mod headers;
+pub mod error;
 pub mod tls;
+pub mod config;
+pub mod snapshot;
+pub mod proxy;
+pub mod admin;
+pub mod reload;
+pub mod server;
+pub mod app;
+pub mod demo;

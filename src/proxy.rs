@@ -188,7 +188,7 @@ impl Proxy {
             scheme: &snap.upstream_scheme,
             authority: &snap.upstream_authority,
             client_ip: peer_ip,
-            trusted_peer: snap.identity.trusted_proxies.iter().any(|n| n.contains(&peer_ip)),
+            trusted_peer: snap.identity.rules.trusted_proxies.iter().any(|n| n.contains(&peer_ip)),
             proto: if conn.tls { "https" } else { "http" },
             upgrade,
         };
@@ -268,7 +268,7 @@ impl Proxy {
                     Err(_) => None,
                 },
             };
-            if let Some(index) = tier.and_then(|t| snap.identity.tiers.get(&*t).copied()) {
+            if let Some(index) = tier.and_then(|t| snap.identity.rules.tiers.get(&*t).copied()) {
                 identity.tier = index;
             }
         }

@@ -20,7 +20,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use crate::config::{Backend, Config, ConfigErrors, HeadersConfig, TierConfig, format_duration};
 use crate::headers::{Decorator, Environment, PERMISSIONS_POLICY, X_XSS_PROTECTION, policy_header};
 use crate::identity::TierSource;
-use crate::identity::{KeyRules, RemoteKeys, Verifier, VerifyKey, keys_from_jwks};
+use crate::identity::{IdentityRules, KeyRules, RemoteKeys, Verifier, VerifyKey, keys_from_jwks};
 use crate::limit::Algorithm as LimitAlgorithm;
 use crate::limit::{Plan, RedisTarget, WindowSpec};
 use crate::metrics::Handles;
@@ -168,20 +168,19 @@ impl Snapshot {
 
         let (keys, remote_keys) = compile_keys(&config, secrets, &mut errors);
         let id = &config.identity;
-        let identity = Verifier::new(
-            id.jwt_algorithms.clone(),
-            keys,
-            id.user_claim.clone(),
-            id.tier_claim.clone(),
-            tier_index.clone(),
-            index_of(&id.default_tier),
-            index_of(&id.anonymous_tier),
-            id.invalid_token,
-            config.server.trusted_proxies.clone(),
-            id.leeway,
-            remote_keys,
-            id.anonymous_ipv6_prefix,
-        );
+        let rules = IdentityRules {
+            algorithms: id.jwt_algorithms.clone(),
+            user_claim: id.user_claim.clone(),
+            tier_claim: id.tier_claim.clone(),
+            tiers: tier_index.clone(),
+            default_tier: index_of(&id.default_tier),
+            anonymous_tier: index_of(&id.anonymous_tier),
+            invalid_token: id.invalid_token,
+            trusted_proxies: config.server.trusted_proxies.clone(),
+            leeway: id.leeway,
+            ipv6_prefix: id.anonymous_ipv6_prefix,
+        };
+        let identity = Verifier::new(rules, keys, remote_keys);
 
         let routes = RouteTable::new(
             config

@@ -1,4 +1,9 @@
 //! The admin port: /metrics content (names, help, buckets, labels), /healthz, /readyz and draining.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or bench that cannot set up panics with a message: that is its failure report"
+)]
 
 mod support;
 

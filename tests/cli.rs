@@ -1,4 +1,9 @@
 //! The `tiergate` binary: `check`, `token`, `run` refusing a bad config before binding, and `demo`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or bench that cannot set up panics with a message: that is its failure report"
+)]
 
 mod support;
 

@@ -1,5 +1,10 @@
 //! The README's configuration reference stays true: it parses, its values are the built-in
 //! defaults, and it names every key the shipped `config.toml` uses.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or bench that cannot set up panics with a message: that is its failure report"
+)]
 
 use std::collections::BTreeSet;
 

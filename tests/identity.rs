@@ -1,4 +1,9 @@
 //! Token verification end to end: every algorithm family, key sources, and the tricks a client may try.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or bench that cannot set up panics with a message: that is its failure report"
+)]
 
 mod support;
 

@@ -1,6 +1,11 @@
 //! `identity.jwks_url`: keys fetched at start, refreshed on a timer and on an unknown `kid` (at most
 //! once per 30 s), a failed refresh keeps the old keys, a failed first fetch is a clear error — against
 //! a local HTTP (and HTTPS) server that rotates its keys.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or bench that cannot set up panics with a message: that is its failure report"
+)]
 
 mod support;
 

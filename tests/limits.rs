@@ -1,5 +1,10 @@
 //! Limits end to end (memory store): budgets per tier, all-or-nothing, sliding windows, concurrency,
 //! upload caps, shadow routes, and the headers that describe them.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or bench that cannot set up panics with a message: that is its failure report"
+)]
 
 mod support;
 

@@ -1,5 +1,10 @@
 //! Forwarding and connection behaviour: headers in both directions, upstream failures, h2c, upgrades,
 //! request framing, header limits and timeouts.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or bench that cannot set up panics with a message: that is its failure report"
+)]
 
 mod support;
 

@@ -1,6 +1,11 @@
 //! The Redis store with real `redis-server` processes: exactness across replicas, all-or-nothing,
 //! leases, persistence across restarts, TTLs, memory bounds, failures and recovery, the negative
 //! cache, the tier override, the quota endpoint, and Redis Cluster.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or bench that cannot set up panics with a message: that is its failure report"
+)]
 
 mod support;
 

@@ -1,5 +1,10 @@
 //! Hot reload (file watch, ConfigMap symlink swaps, SIGHUP, broken configs) and graceful drain
 //! (SIGTERM) — the latter two against the real binary.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or bench that cannot set up panics with a message: that is its failure report"
+)]
 
 mod support;
 

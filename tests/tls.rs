@@ -1,5 +1,10 @@
 //! TLS termination: ALPN h2 and http/1.1 to an HTTP/1.1 upstream, certificate rotation without a
 //! restart or a dropped connection, and bad certificate files reported by key.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or bench that cannot set up panics with a message: that is its failure report"
+)]
 
 mod support;
 

@@ -236,17 +236,18 @@ pub enum Lease {
     Redis(RedisLease),
 }
 
-/// The storage is down and the route's policy is `deny`: 503.
+/// The store could not answer (down, too slow, or its breaker open). For a decision, the route's
+/// `on_error = "deny"` turns this into a 503.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("rate-limit storage unavailable")]
-pub struct StorageUnavailable;
+pub struct StoreUnavailable;
 
 /// Reports one guarded store call to the breaker and counts its failure: the one place a store
 /// outcome is classified.
 fn settle<T>(
     permit: breaker::Permit<'_>,
     result: Result<Result<T, redis::StoreError>, tokio::time::error::Elapsed>,
-) -> Result<T, StorageUnavailable> {
+) -> Result<T, StoreUnavailable> {
     match result {
         Ok(Ok(value)) => {
             permit.success();
@@ -255,12 +256,12 @@ fn settle<T>(
         Ok(Err(e)) => {
             metrics::counter!(crate::metrics::STORAGE_ERRORS, "kind" => e.kind()).increment(1);
             permit.failure(&e.to_string());
-            Err(StorageUnavailable)
+            Err(StoreUnavailable)
         }
         Err(_) => {
             metrics::counter!(crate::metrics::STORAGE_ERRORS, "kind" => "timeout").increment(1);
             permit.failure("timeout");
-            Err(StorageUnavailable)
+            Err(StoreUnavailable)
         }
     }
 }
@@ -319,7 +320,7 @@ impl Limiter {
         plan: &Plan,
         fallback: &Plan,
         on_error: OnError,
-    ) -> Result<Decision, StorageUnavailable> {
+    ) -> Result<Decision, StoreUnavailable> {
         let Store::Redis(redis) = &self.store else {
             let started = std::time::Instant::now();
             let d = self.local.check(key, plan);
@@ -340,7 +341,7 @@ impl Limiter {
                 self.negative.remember(key, plan, &d);
                 Ok(d)
             }
-            Err(StorageUnavailable) => self.degraded(key, fallback, on_error),
+            Err(StoreUnavailable) => self.degraded(key, fallback, on_error),
         }
     }
 
@@ -348,27 +349,27 @@ impl Limiter {
     /// `allow` keeps serving without limits (availability over accuracy), `deny` refuses (accuracy
     /// over availability: e.g. exports that must never exceed a contract), `local` limits each
     /// replica on its own with its share of every limit (a close approximation of both).
-    fn degraded(&self, key: &IdentityKey, fallback: &Plan, on_error: OnError) -> Result<Decision, StorageUnavailable> {
+    fn degraded(&self, key: &IdentityKey, fallback: &Plan, on_error: OnError) -> Result<Decision, StoreUnavailable> {
         match on_error {
             OnError::Allow => Ok(Decision::unchecked(self.local.clock().now_ms())),
-            OnError::Deny => Err(StorageUnavailable),
+            OnError::Deny => Err(StoreUnavailable),
             OnError::Local => Ok(self.local.check(key, fallback)),
         }
     }
 
     /// The caller's windows without consuming anything (the quota endpoint).
-    pub async fn peek(&self, key: &IdentityKey, plan: &Plan) -> Result<Decision, StorageUnavailable> {
+    pub async fn peek(&self, key: &IdentityKey, plan: &Plan) -> Result<Decision, StoreUnavailable> {
         let Store::Redis(redis) = &self.store else { return Ok(self.local.peek(key, plan)) };
-        let permit = self.breaker.allow().ok_or(StorageUnavailable)?;
+        let permit = self.breaker.allow().ok_or(StoreUnavailable)?;
         settle(permit, tokio::time::timeout(self.timeout, redis.decide(key, plan, false)).await)
     }
 
     /// The tier stored for a user in Redis (`tier_source = "redis"`): `Ok(None)` when none is stored
     /// (or the store is memory), `Err` when Redis could not answer (the caller keeps the token's
     /// tier and must not remember the failure as "no override").
-    pub async fn tier_override(&self, user: &str) -> Result<Option<String>, StorageUnavailable> {
+    pub async fn tier_override(&self, user: &str) -> Result<Option<String>, StoreUnavailable> {
         let Store::Redis(redis) = &self.store else { return Ok(None) };
-        let permit = self.breaker.allow().ok_or(StorageUnavailable)?;
+        let permit = self.breaker.allow().ok_or(StoreUnavailable)?;
         settle(permit, tokio::time::timeout(self.timeout, redis.tier_override(user)).await)
     }
 

@@ -1,4 +1,9 @@
 //! Shared test harness: a real echo upstream, tiergate on 127.0.0.1:0, real HTTP clients, real JWTs.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or bench that cannot set up panics with a message: that is its failure report"
+)]
 #![allow(dead_code)]
 
 use std::net::SocketAddr;

@@ -1,4 +1,9 @@
 //! Real `redis-server` processes on free ports (and a 3-master Redis Cluster), killed by pid.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or bench that cannot set up panics with a message: that is its failure report"
+)]
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

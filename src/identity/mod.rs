@@ -1,0 +1,356 @@
+//! Who is calling: a bearer token → a verified user and tier, or the client address → the anonymous tier.
+//!
+//! This file owns token verification (keys compiled in the snapshot, algorithms only from config,
+//! never from the token), the verified-token cache (bounded; an entry lives until the token's `exp` +
+//! leeway, so a token is verified once per process, not per request) and the rejected-token cache.
+//! `keys.rs` owns where keys come from (the secret, a public key file, a JWKS file or URL);
+//! `client_ip.rs` the client-address rule for `trusted_proxies`; `mint.rs` token minting for the
+//! CLI, the demo and load tests.
+
+mod client_ip;
+mod keys;
+mod mint;
+
+pub use client_ip::{client_ip, counted_network};
+pub use keys::{JwksClient, KeyRules, RemoteKeys, VerifyKey, keys_from_jwks};
+pub use mint::mint_hs256;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use http::{HeaderMap, HeaderValue};
+use ipnet::IpNet;
+use jsonwebtoken::Algorithm;
+use serde_json::Value;
+
+/// Verified tokens kept at most (each entry: the token text and a few words).
+const TOKEN_CACHE_CAPACITY: usize = 100_000;
+
+/// Who is counted: a verified user, or a client address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum IdentityKey {
+    User(Arc<str>),
+    Ip(IpAddr),
+}
+
+impl std::fmt::Display for IdentityKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IdentityKey::User(u) => write!(f, "user:{u}"),
+            IdentityKey::Ip(ip) => write!(f, "ip:{ip}"),
+        }
+    }
+}
+
+/// What an invalid token means (`identity.invalid_token`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidToken {
+    Reject,
+    Anonymous,
+}
+
+/// Where a verified user's tier comes from (`identity.tier_source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TierSource {
+    Claim,
+    Redis,
+}
+
+/// The caller, as the rest of the request sees it.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub key: IdentityKey,
+    /// Index into the snapshot's tiers.
+    pub tier: usize,
+    /// The user id, ready for `user_id_header` (users only).
+    pub user_header: Option<HeaderValue>,
+}
+
+/// The token was presented and is not acceptable. Deliberately carries no reason a forger could use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid bearer token")]
+pub struct InvalidTokenError;
+
+/// A token that did not verify; `remember`: it will not verify later either (not merely too early).
+#[derive(Debug, Clone, Copy)]
+struct Rejection {
+    remember: bool,
+}
+
+impl Rejection {
+    const FINAL: Rejection = Rejection { remember: true };
+}
+
+/// Tokens rejected recently, by a keyed hash of their text: bounded, evicted by S3-FIFO (never
+/// cleared all at once), each entry trusted for [`REJECTED_TTL`] and only while the remote key set
+/// it was checked against is still the current one.
+pub struct RejectedTokens {
+    hasher: std::hash::RandomState,
+    entries: quick_cache::sync::Cache<u64, (u64, u64)>,
+}
+
+/// How long a rejection is remembered.
+const REJECTED_TTL_SECS: u64 = 60;
+/// Rejected tokens remembered at most (16 bytes each, plus the cache's own overhead).
+const REJECTED_CAPACITY: usize = 16_384;
+
+impl Default for RejectedTokens {
+    fn default() -> Self {
+        RejectedTokens {
+            hasher: std::hash::RandomState::new(),
+            entries: quick_cache::sync::Cache::new(REJECTED_CAPACITY),
+        }
+    }
+}
+
+impl RejectedTokens {
+    fn key(&self, token: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(token)
+    }
+
+    fn contains(&self, token: &str, now: u64, generation: u64) -> bool {
+        self.entries.get(&self.key(token)).is_some_and(|(until, g)| until >= now && g == generation)
+    }
+
+    fn insert(&self, token: &str, now: u64, generation: u64) {
+        self.entries.insert(self.key(token), (now + REJECTED_TTL_SECS, generation));
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Why [`Verifier::identify`] gave no identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentifyError {
+    Invalid,
+    /// The token names a `kid` no key has: refreshing the remote key set may help (once).
+    UnknownKid,
+}
+
+/// How tokens and addresses become identities (compiled from `[identity]` and
+/// `server.trusted_proxies`).
+pub struct IdentityRules {
+    pub algorithms: Vec<Algorithm>,
+    pub user_claim: String,
+    pub tier_claim: String,
+    /// Tier name → index into the snapshot's tiers.
+    pub tiers: HashMap<String, usize>,
+    pub default_tier: usize,
+    pub anonymous_tier: usize,
+    pub invalid_token: InvalidToken,
+    pub trusted_proxies: Vec<IpNet>,
+    pub leeway: Duration,
+    /// Anonymous IPv6 callers are counted per network of this length.
+    pub ipv6_prefix: u8,
+}
+
+/// Compiled identity settings; part of the snapshot.
+pub struct Verifier {
+    pub rules: IdentityRules,
+    pub keys: Vec<VerifyKey>,
+    /// Keys fetched from `jwks_url`, refreshed in the background.
+    pub remote: Option<Arc<RemoteKeys>>,
+    cache: DashMap<Box<str>, Cached>,
+    rejected: RejectedTokens,
+}
+
+#[derive(Clone)]
+struct Cached {
+    identity: Identity,
+    /// Epoch seconds after which the entry is no longer valid (exp + leeway).
+    valid_until: u64,
+}
+
+impl Verifier {
+    pub fn new(rules: IdentityRules, keys: Vec<VerifyKey>, remote: Option<Arc<RemoteKeys>>) -> Verifier {
+        Verifier { rules, keys, remote, cache: DashMap::new(), rejected: RejectedTokens::default() }
+    }
+
+    /// Tokens remembered as rejected (for tests and the operator's view).
+    pub fn rejected_tokens(&self) -> &RejectedTokens {
+        &self.rejected
+    }
+
+    /// Identifies the caller of one request. With `may_refresh`, a token whose `kid` no key has
+    /// comes back as [`IdentifyError::UnknownKid`] so the caller can refresh the remote keys and ask
+    /// again (with `may_refresh = false`, which applies `invalid_token` as usual).
+    pub fn identify(
+        &self,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+        may_refresh: bool,
+    ) -> Result<Identity, IdentifyError> {
+        let token = match bearer_token(headers) {
+            Bearer::Token(t) => t,
+            Bearer::Absent => return Ok(self.anonymous(headers, peer)),
+            Bearer::Malformed => return self.on_invalid(headers, peer),
+        };
+        match self.verify(token) {
+            Ok(identity) => Ok(identity),
+            Err(InvalidTokenError) if may_refresh && self.remote.is_some() && self.kid_unknown(token) => {
+                Err(IdentifyError::UnknownKid)
+            }
+            Err(InvalidTokenError) => self.on_invalid(headers, peer),
+        }
+    }
+
+    fn kid_unknown(&self, token: &str) -> bool {
+        let Ok(header) = jsonwebtoken::decode_header(token) else { return false };
+        let Some(kid) = header.kid else { return false };
+        let remote = self.remote.as_ref().map(|r| r.keys.load_full());
+        !self.keys.iter().chain(remote.iter().flat_map(|k| k.iter())).any(|k| k.kid.as_deref() == Some(kid.as_str()))
+    }
+
+    fn on_invalid(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<Identity, IdentifyError> {
+        match self.rules.invalid_token {
+            InvalidToken::Reject => Err(IdentifyError::Invalid),
+            InvalidToken::Anonymous => Ok(self.anonymous(headers, peer)),
+        }
+    }
+
+    fn anonymous(&self, headers: &HeaderMap, peer: SocketAddr) -> Identity {
+        let ip = client_ip(peer.ip(), headers, &self.rules.trusted_proxies);
+        Identity {
+            key: IdentityKey::Ip(counted_network(ip, self.rules.ipv6_prefix)),
+            tier: self.rules.anonymous_tier,
+            user_header: None,
+        }
+    }
+
+    /// Verifies a token, or answers from the caches: tokens already verified (until their `exp`),
+    /// and tokens recently rejected (so a forged token sent again costs a hash and a lookup, not a
+    /// signature check).
+    pub fn verify(&self, token: &str) -> Result<Identity, InvalidTokenError> {
+        let now = unix_now();
+        if let Some(hit) = self.cache.get(token)
+            && hit.valid_until >= now
+        {
+            return Ok(hit.identity.clone());
+        }
+        let generation = self.remote.as_ref().map_or(0, |r| r.generation());
+        if self.rejected.contains(token, now, generation) {
+            return Err(InvalidTokenError);
+        }
+        let (identity, exp) = match self.verify_uncached(token) {
+            Ok(verified) => verified,
+            Err(Rejection { remember }) => {
+                if remember {
+                    self.rejected.insert(token, now, generation);
+                }
+                return Err(InvalidTokenError);
+            }
+        };
+        let valid_until = exp.saturating_add(self.rules.leeway.as_secs());
+        if self.cache.len() >= TOKEN_CACHE_CAPACITY {
+            self.cache.retain(|_, c| c.valid_until >= now);
+            if self.cache.len() >= TOKEN_CACHE_CAPACITY {
+                self.cache.clear();
+            }
+        }
+        self.cache.insert(token.into(), Cached { identity: identity.clone(), valid_until });
+        Ok(identity)
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<(Identity, u64), Rejection> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Rejection::FINAL)?;
+        if !self.rules.algorithms.contains(&header.alg) {
+            return Err(Rejection::FINAL);
+        }
+        // RFC 7515 §4.1.11: a `crit` extension the recipient does not implement makes the token
+        // invalid. tiergate implements none.
+        if header.crit.is_some() {
+            return Err(Rejection::FINAL);
+        }
+        let family = header.alg.family();
+        let remote = self.remote.as_ref().map(|r| r.keys.load_full());
+        let candidates = self.keys.iter().chain(remote.iter().flat_map(|k| k.iter())).filter(|k| {
+            k.family == family
+                && k.validation.algorithms.contains(&header.alg)
+                && match (&k.kid, &header.kid) {
+                    (Some(key_kid), Some(token_kid)) => key_kid == token_kid,
+                    (Some(_), None) | (None, _) => true,
+                }
+        });
+        let mut claims = None;
+        let mut remember = true;
+        for k in candidates {
+            match jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &k.key, &k.validation) {
+                Ok(data) => {
+                    claims = Some(data.claims);
+                    break;
+                }
+                // Not valid *yet*: it may be soon, so it is not remembered as rejected.
+                Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ImmatureSignature) => remember = false,
+                Err(_) => {}
+            }
+        }
+        let claims = claims.ok_or(Rejection { remember })?;
+        let user = match claims.get(&self.rules.user_claim) {
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => s.as_str(),
+            _ => return Err(Rejection::FINAL),
+        };
+        // A NumericDate may have a fraction (RFC 7519 §2); jsonwebtoken has checked it already.
+        let exp = match claims.get("exp").and_then(Value::as_f64) {
+            Some(exp) if exp.is_finite() && exp >= 0.0 => exp as u64,
+            _ => return Err(Rejection::FINAL),
+        };
+        let tier = match claims.get(&self.rules.tier_claim) {
+            Some(Value::String(t)) => self.rules.tiers.get(t.as_str()).copied().unwrap_or(self.rules.default_tier),
+            _ => self.rules.default_tier,
+        };
+        let user_header = HeaderValue::from_str(user).map_err(|_| Rejection::FINAL)?;
+        let identity = Identity { key: IdentityKey::User(Arc::from(user)), tier, user_header: Some(user_header) };
+        Ok((identity, exp))
+    }
+}
+
+enum Bearer<'a> {
+    Token(&'a str),
+    /// No Authorization header, or one for another scheme (e.g. Basic, meant for the backend).
+    Absent,
+    /// `Bearer` with nothing usable after it.
+    Malformed,
+}
+
+fn bearer_token(headers: &HeaderMap) -> Bearer<'_> {
+    let Some(value) = headers.get(http::header::AUTHORIZATION) else { return Bearer::Absent };
+    let Ok(text) = value.to_str() else { return Bearer::Malformed };
+    let text = text.trim();
+    let Some((scheme, rest)) = text.split_once(' ').or(Some((text, ""))) else { return Bearer::Absent };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Bearer::Absent;
+    }
+    let token = rest.trim();
+    if token.is_empty() { Bearer::Malformed } else { Bearer::Token(token) }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_parsing() {
+        let mut h = HeaderMap::new();
+        assert!(matches!(bearer_token(&h), Bearer::Absent));
+        h.insert("authorization", HeaderValue::from_static("Basic dXNlcjpwYXNz"));
+        assert!(matches!(bearer_token(&h), Bearer::Absent));
+        h.insert("authorization", HeaderValue::from_static("Bearer"));
+        assert!(matches!(bearer_token(&h), Bearer::Malformed));
+        h.insert("authorization", HeaderValue::from_static("bearer  abc.def.ghi "));
+        assert!(matches!(bearer_token(&h), Bearer::Token("abc.def.ghi")));
+    }
+}
