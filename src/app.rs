@@ -85,7 +85,10 @@ pub async fn start_with_clock(snapshot: Snapshot, clock: Clock) -> Result<App, S
     let (admin, admin_addr) = bind("server.admin_listen", startup.admin_listen).await?;
 
     let limiter = match &startup.storage {
-        Some(target) => Limiter::with_store(Store::Redis(RedisStore::start(target)?), clock, target.timeout),
+        Some(target) => {
+            let store = RedisStore::start_with_offset(target, clock.redis_offset())?;
+            Limiter::with_store(Store::Redis(store), clock, target.timeout)
+        }
         None => Limiter::memory(clock),
     };
     let client = crate::forward::client(startup.upstream_ca_file.as_deref())

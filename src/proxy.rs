@@ -108,7 +108,7 @@ impl Proxy {
         inflight: InflightGuard,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         // 1. Framing that hyper lets through but a proxy must not (request smuggling).
-        check_framing(req.headers(), &conn.activity)?;
+        check_framing(req.version(), req.headers(), &conn.activity)?;
         // 2. The path routes match is the path the upstream receives (CONTRACT.md "Paths").
         let normalized = match snap.routes.normalize(req.uri().path()) {
             Ok(Cow::Borrowed(_)) => None,
@@ -357,8 +357,9 @@ async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, guards: Guards) {
 }
 
 /// RFC 9112 §6.1: a request with both `Content-Length` and `Transfer-Encoding` is refused (and the
-/// connection closed); so are conflicting `Content-Length` values.
-fn check_framing(headers: &HeaderMap, conn: &ConnActivity) -> Result<(), ProxyError> {
+/// connection closed); so are conflicting `Content-Length` values, a missing or repeated `Host`
+/// (§3.2) and a repeated `Authorization`.
+fn check_framing(version: http::Version, headers: &HeaderMap, conn: &ConnActivity) -> Result<(), ProxyError> {
     // hyper removes Content-Length when Transfer-Encoding is present; the connection's sniffer saw it
     // (in this request's own head: pipelined heads are numbered, so a later one cannot taint this).
     let sniffed = conn.next_request_had_cl_and_te();
@@ -369,6 +370,9 @@ fn check_framing(headers: &HeaderMap, conn: &ConnActivity) -> Result<(), ProxyEr
     // backend that reads the last one would trust a token tiergate never verified.
     if headers.get_all(header::HOST).iter().nth(1).is_some() {
         return Err(ProxyError::BadRequest("More than one Host header."));
+    }
+    if version == http::Version::HTTP_11 && !headers.contains_key(header::HOST) {
+        return Err(ProxyError::BadRequest("An HTTP/1.1 request needs a Host header."));
     }
     if headers.get_all(header::AUTHORIZATION).iter().nth(1).is_some() {
         return Err(ProxyError::BadRequest("More than one Authorization header."));

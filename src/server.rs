@@ -110,6 +110,8 @@ where
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
+            // A new head on a kept-alive connection: its header-read deadline starts now.
+            _ = activity.head_started() => {}
             _ = tokio::time::sleep_until(wake_at) => {
                 let now = Instant::now();
                 if activity.head_deadline(header_read_timeout).is_some_and(|at| at <= now) {

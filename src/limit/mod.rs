@@ -15,7 +15,7 @@ pub mod negative;
 pub mod redis;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use crate::identity::IdentityKey;
@@ -39,12 +39,15 @@ pub const CONCURRENT: &str = "concurrent";
 /// Most rate windows one plan may carry (4 named + 32 custom, with room to spare).
 pub const MAX_WINDOWS: usize = 40;
 
-/// Milliseconds since the Unix epoch, from the system or a hand-driven clock (tests).
+/// Milliseconds since the Unix epoch: the system's, a hand-driven one (tests of the memory store),
+/// or the system's moved by an offset that tests advance (tests of the Redis store: the Redis script
+/// adds the same offset to Redis `TIME`, so both sides of a decision see the same virtual time).
 #[derive(Clone, Debug, Default)]
 pub enum Clock {
     #[default]
     System,
     Manual(Arc<AtomicU64>),
+    Shifted(Arc<AtomicI64>),
 }
 
 impl Clock {
@@ -53,17 +56,39 @@ impl Clock {
         Clock::Manual(Arc::new(AtomicU64::new(start_ms)))
     }
 
+    /// The system clock, moved forward by [`Clock::advance`].
+    pub fn shifted() -> Clock {
+        Clock::Shifted(Arc::new(AtomicI64::new(0)))
+    }
+
     pub fn now_ms(&self) -> u64 {
+        let system = || SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         match self {
-            Clock::System => SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            Clock::System => system(),
             Clock::Manual(t) => t.load(Ordering::Relaxed),
+            Clock::Shifted(offset) => system().saturating_add_signed(offset.load(Ordering::Relaxed)),
         }
     }
 
-    /// Moves a manual clock forward; no effect on the system clock.
+    /// Moves a manual or shifted clock forward; no effect on the system clock.
     pub fn advance(&self, ms: u64) {
-        if let Clock::Manual(t) = self {
-            t.fetch_add(ms, Ordering::Relaxed);
+        match self {
+            Clock::System => {}
+            Clock::Manual(t) => {
+                t.fetch_add(ms, Ordering::Relaxed);
+            }
+            Clock::Shifted(offset) => {
+                offset.fetch_add(ms as i64, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The offset the Redis store adds to Redis `TIME`: a shifted clock's own (shared, so advancing
+    /// the clock moves Redis time too), else a fixed zero.
+    pub fn redis_offset(&self) -> Arc<AtomicI64> {
+        match self {
+            Clock::Shifted(offset) => Arc::clone(offset),
+            _ => Arc::new(AtomicI64::new(0)),
         }
     }
 }
@@ -338,7 +363,7 @@ impl Limiter {
         self.duration.record(started.elapsed().as_secs_f64());
         match settle(permit, result) {
             Ok(d) => {
-                self.negative.remember(key, plan, &d);
+                self.negative.remember(key, plan, &d, self.local.clock().now_ms());
                 Ok(d)
             }
             Err(StoreUnavailable) => self.degraded(key, fallback, on_error),
@@ -375,7 +400,7 @@ impl Limiter {
 
     /// Drops idle state; called periodically.
     pub fn sweep(&self) -> usize {
-        self.negative.sweep();
+        self.negative.sweep(self.local.clock().now_ms());
         self.local.sweep()
     }
 

@@ -4,12 +4,12 @@
 //! back with time: every store call in between would have said no. The deadline is taken relative
 //! to the store's own clock at the decision (never the pod clock), and an entry only matches the
 //! same window name, limit and length, so a reload that raises a limit is never answered from here.
+//! Deadlines are kept on the limiter's clock (`now_ms` from the caller), so virtual time in tests
+//! moves them too.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use dashmap::DashMap;
-use tokio::time::Instant;
 
 use super::{Decision, IdentityKey, Plan};
 
@@ -26,23 +26,23 @@ struct Refusal {
     name: Arc<str>,
     limit: u64,
     window_ms: u64,
-    until: Instant,
+    /// On the limiter's clock, epoch ms.
+    until_ms: u64,
 }
 
 impl NegativeCache {
     /// A refusal for `plan` from memory, when one of its windows is known to be full.
     pub fn refuse(&self, key: &IdentityKey, plan: &Plan, now_ms: u64) -> Option<Decision> {
         let entry = self.map.get(key)?;
-        let now = Instant::now();
         let mut tally = super::Tally::new(now_ms);
         let mut full = false;
         for (i, spec) in plan.windows.iter().enumerate() {
             let hit = entry.iter().find(|r| {
-                r.until > now && r.limit == spec.limit && r.window_ms == spec.window_ms && *r.name == *spec.name
+                r.until_ms > now_ms && r.limit == spec.limit && r.window_ms == spec.window_ms && *r.name == *spec.name
             });
             if let Some(r) = hit {
                 full = true;
-                let retry_at_ms = now_ms + (r.until - now).as_millis() as u64;
+                let retry_at_ms = r.until_ms;
                 tally.add(i, spec, super::Check { allowed: false, remaining: 0, reset_ms: retry_at_ms, retry_at_ms });
             }
         }
@@ -53,33 +53,37 @@ impl NegativeCache {
         Some(tally.finish(None))
     }
 
-    /// Remembers the full windows of a refusal the store just made.
-    pub fn remember(&self, key: &IdentityKey, plan: &Plan, d: &Decision) {
+    /// Remembers the full windows of a refusal the store just made (`now_ms`: the limiter's clock;
+    /// each window's wait is measured on the store's clock, `d.now_ms`).
+    pub fn remember(&self, key: &IdentityKey, plan: &Plan, d: &Decision, now_ms: u64) {
         if d.allowed || d.window_retry.is_empty() {
             return;
         }
         if self.map.len() >= CAPACITY {
-            self.sweep();
+            self.sweep(now_ms);
             if self.map.len() >= CAPACITY {
                 self.map.clear();
             }
         }
-        let now = Instant::now();
         let mut entry = self.map.entry(key.clone()).or_default();
-        entry.retain(|r| r.until > now);
+        entry.retain(|r| r.until_ms > now_ms);
         for &(i, retry_at_ms) in &d.window_retry {
             let Some(spec) = plan.windows.get(i as usize) else { continue };
-            let until = now + Duration::from_millis(retry_at_ms.saturating_sub(d.now_ms));
+            let until_ms = now_ms + retry_at_ms.saturating_sub(d.now_ms);
             entry.retain(|r| *r.name != *spec.name);
-            entry.push(Refusal { name: Arc::clone(&spec.name), limit: spec.limit, window_ms: spec.window_ms, until });
+            entry.push(Refusal {
+                name: Arc::clone(&spec.name),
+                limit: spec.limit,
+                window_ms: spec.window_ms,
+                until_ms,
+            });
         }
     }
 
     /// Drops what has expired.
-    pub fn sweep(&self) {
-        let now = Instant::now();
+    pub fn sweep(&self, now_ms: u64) {
         self.map.retain(|_, v| {
-            v.retain(|r| r.until > now);
+            v.retain(|r| r.until_ms > now_ms);
             !v.is_empty()
         });
     }

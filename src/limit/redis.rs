@@ -157,6 +157,12 @@ impl RedisStore {
     /// Creates the store and its background tasks. Never waits for Redis: a missing Redis is a
     /// degraded mode, not a crash loop.
     pub fn start(target: &RedisTarget) -> Result<RedisStore, StoreError> {
+        RedisStore::start_with_offset(target, Arc::new(AtomicI64::new(0)))
+    }
+
+    /// As [`RedisStore::start`], with the offset (ms) the scripts add to Redis `TIME`: always 0 in
+    /// production; tests share a [`super::Clock::Shifted`] clock's offset to move time virtually.
+    pub fn start_with_offset(target: &RedisTarget, time_offset_ms: Arc<AtomicI64>) -> Result<RedisStore, StoreError> {
         let conn: Arc<ArcSwapOption<Conn>> = Arc::new(ArcSwapOption::empty());
         if target.cluster_nodes.is_empty() {
             let client = match &target.ca_pem {
@@ -205,7 +211,6 @@ impl RedisStore {
 
         let (release, releases) = mpsc::unbounded_channel();
         let leases = Arc::new(LeaseBook { live: Mutex::new(HashMap::new()), release });
-        let time_offset_ms = Arc::new(AtomicI64::new(0));
         let lease_ttl_ms = target.lease_ttl.as_millis().max(1000) as u64;
         tokio::spawn(release_task(Arc::clone(&conn), releases));
         tokio::spawn(renew_task(Arc::clone(&conn), Arc::downgrade(&leases), lease_ttl_ms, Arc::clone(&time_offset_ms)));

@@ -18,6 +18,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use tiergate::app::App;
 use tiergate::config::Config;
+use tiergate::limit::Clock;
 use tiergate::snapshot::{Secrets, Snapshot};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -111,6 +112,37 @@ pub struct Gate {
     pub upstream: SocketAddr,
     pub base: String,
     pub admin: String,
+    /// The limiter's clock: [`Gate::advance`] moves it (virtual time).
+    pub clock: Clock,
+    /// The Redis this gate counts in, for gates started [`Gate::on`] the Redis store.
+    pub redis: Option<redis::RedisServer>,
+}
+
+/// Which store a behaviour test runs against: every limit behaviour runs on both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Store {
+    Memory,
+    Redis,
+}
+
+/// Runs each named `async fn name(store: Store)` as one test per store: `memory::name` and
+/// `redis::name`. One body of tests, both stores.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name($crate::support::Store::Memory).await
+            })*
+        }
+        mod redis {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name($crate::support::Store::Redis).await
+            })*
+        }
+    };
 }
 
 impl Gate {
@@ -121,15 +153,73 @@ impl Gate {
     }
 
     pub async fn start_with_upstream(config: &str, upstream_url: &str, upstream: SocketAddr) -> Gate {
+        Gate::start_full(config, upstream_url, upstream, Clock::System, None).await
+    }
+
+    /// SERVER + IDENTITY + TIERS + `extra`, on `store`, with a clock the test moves: a manual one
+    /// for the memory store, a shifted one for Redis (the Lua script adds the same offset to Redis
+    /// `TIME`). Redis gates get a fresh `redis-server` of their own.
+    pub async fn on(store: Store, extra: &str) -> Gate {
+        Gate::on_with(store, "", extra).await
+    }
+
+    /// As [`Gate::on`], with `storage_extra` lines in the `[storage]` section (e.g. the algorithm).
+    pub async fn on_with(store: Store, storage_extra: &str, extra: &str) -> Gate {
+        let upstream = echo().await;
+        let url = format!("http://{upstream}");
+        match store {
+            Store::Memory => {
+                let storage = format!("\n[storage]\n{storage_extra}\n");
+                let config = format!("{SERVER}{IDENTITY}{storage}{TIERS}{extra}");
+                let clock = Clock::manual(now() * 1000);
+                Gate::start_full(&config, &url, upstream, clock, None).await
+            }
+            Store::Redis => {
+                let redis = redis::RedisServer::start();
+                let storage = format!(
+                    "\n[storage]\nbackend = \"redis\"\nurl = \"{}\"\ntimeout = \"500ms\"\nlease_ttl = \"2s\"\n{storage_extra}\n",
+                    redis.url()
+                );
+                let config = format!("{SERVER}{IDENTITY}{storage}{TIERS}{extra}");
+                Gate::start_full(&config, &url, upstream, Clock::shifted(), Some(redis)).await
+            }
+        }
+    }
+
+    async fn start_full(
+        config: &str,
+        upstream_url: &str,
+        upstream: SocketAddr,
+        clock: Clock,
+        redis: Option<redis::RedisServer>,
+    ) -> Gate {
         tiergate::app::install_process_globals();
         let mut config = Config::parse(config).unwrap_or_else(|e| panic!("test config: {e}"));
         config.server.upstream = upstream_url.parse().unwrap();
         let snapshot = Snapshot::compile(config, &Secrets::default().with(SECRET_ENV, SECRET))
             .unwrap_or_else(|e| panic!("compile: {e}"));
-        let server = tiergate::app::start(snapshot).await.unwrap();
+        let server = tiergate::app::start_with_clock(snapshot, clock.clone()).await.unwrap();
         let base = format!("http://{}", server.addr);
         let admin = format!("http://{}", server.admin_addr);
-        Gate { server, upstream, base, admin }
+        Gate { server, upstream, base, admin, clock, redis }
+    }
+
+    /// Moves the limiter's time forward (no real waiting).
+    pub fn advance(&self, d: Duration) {
+        self.clock.advance(d.as_millis() as u64);
+    }
+
+    /// The limiter's now, in Unix seconds.
+    pub fn now(&self) -> u64 {
+        self.clock.now_ms() / 1000
+    }
+
+    /// How much counter state the store holds: memory entries, or Redis window keys.
+    pub fn store_entries(&self) -> usize {
+        match &self.redis {
+            Some(redis) => redis.keys("rate_limit:*").len(),
+            None => self.server.proxy.limiter.local().len(),
+        }
     }
 
     /// A gate whose config lives in `dir/config.toml` and is watched for changes. The upstream in
