@@ -13,6 +13,7 @@
     clippy::expect_used,
     reason = "a test that cannot set up panics with a message: that is its failure report"
 )]
+#![allow(clippy::type_complexity, reason = "table-driven cases: one tuple per row reads best")]
 
 mod support;
 
