@@ -173,16 +173,10 @@ async fn issuer_and_audience_are_enforced_when_configured() {
 }
 
 #[tokio::test]
-async fn a_verified_token_is_cached_until_it_expires() {
+async fn a_verified_token_is_cached() {
     let gate = Gate::default_with("").await;
-    let t = hs(&json!({ "sub": "cache", "tier": "pro", "exp": now() + 2 }));
+    let t = hs(&json!({ "sub": "cache", "tier": "pro", "exp": now() + 600 }));
     assert_eq!(status_with(&gate, &t).await, 200);
     assert_eq!(status_with(&gate, &t).await, 200);
-    // Past exp + the 30 s leeway it must not be served from the cache; simulate with a 0 s leeway gate.
-    let config = format!("{SERVER}{IDENTITY}leeway = \"0s\"\n{TIERS}");
-    let strict = Gate::start(&config).await;
-    let t = hs(&json!({ "sub": "cache", "tier": "pro", "exp": now() + 1 }));
-    assert_eq!(status_with(&strict, &t).await, 200);
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    assert_eq!(status_with(&strict, &t).await, 401, "an expired token must not be answered from the cache");
+    // That the cache never outlives exp + leeway is a unit test in src/identity/mod.rs (no waiting).
 }

@@ -342,6 +342,35 @@ fn unix_now() -> u64 {
 mod tests {
     use super::*;
 
+    fn verifier() -> Verifier {
+        let rules = IdentityRules {
+            algorithms: vec![Algorithm::HS256],
+            user_claim: "sub".into(),
+            tier_claim: "tier".into(),
+            tiers: HashMap::from([("free".to_string(), 0)]),
+            default_tier: 0,
+            anonymous_tier: 0,
+            invalid_token: InvalidToken::Reject,
+            trusted_proxies: Vec::new(),
+            leeway: Duration::from_secs(30),
+            ipv6_prefix: 64,
+        };
+        Verifier::new(rules, Vec::new(), None)
+    }
+
+    /// A cached identity is served only until its token's exp + leeway: past it, the token is
+    /// verified again (here it cannot be, there are no keys), never answered from the cache.
+    #[test]
+    fn the_token_cache_never_outlives_the_token() {
+        let v = verifier();
+        let identity = Identity { key: IdentityKey::User(Arc::from("u")), tier: 0, user_header: None };
+        let now = unix_now();
+        v.cache.insert("live.token.x".into(), Cached { identity: identity.clone(), valid_until: now + 60 });
+        v.cache.insert("stale.token.x".into(), Cached { identity, valid_until: now - 1 });
+        assert!(v.verify("live.token.x").is_ok(), "served from the cache");
+        assert!(v.verify("stale.token.x").is_err(), "past exp + leeway: never from the cache");
+    }
+
     #[test]
     fn bearer_parsing() {
         let mut h = HeaderMap::new();
