@@ -23,6 +23,8 @@ echo "test.sh: cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "test.sh: cargo test"
 cargo test --all-targets "$@"
+echo "test.sh: fuzzing, bounded (scripts/fuzz.sh; skipped with a message where nightly is missing)"
+FUZZ_SECONDS="${FUZZ_SECONDS:-15}" ./scripts/fuzz.sh
 echo "test.sh: deployment assets (Dockerfile, k8s/, monitoring/)"
 TIERGATE_BIN=target/debug/tiergate ./scripts/check-deploy.sh
 echo "test.sh: k6 smoke test against tiergate demo (+ promtool check metrics on its live scrape)"
