@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access::AccessLog;
 use crate::limit::{Clock, Limiter, RedisStore, Store};
 use crate::proxy::{Proxy, TierCache};
 use crate::snapshot::{Secrets, Snapshot};
@@ -65,12 +66,13 @@ impl Drop for App {
     }
 }
 
-/// Binds both listeners and starts serving `snapshot`.
+/// Binds both listeners and starts serving `snapshot`; the access log goes to stdout.
 pub async fn start(snapshot: Snapshot) -> Result<App, StartError> {
-    start_with_clock(snapshot, Clock::System).await
+    start_with(snapshot, Clock::System, AccessLog::stdout()).await
 }
 
-pub async fn start_with_clock(snapshot: Snapshot, clock: Clock) -> Result<App, StartError> {
+/// As [`start`], with the limiter's clock (tests move it) and the access log's sink.
+pub async fn start_with(snapshot: Snapshot, clock: Clock, access: AccessLog) -> Result<App, StartError> {
     let metrics = install_process_globals();
     // Remote keys are fetched before any port is bound: a sidecar that cannot verify tokens must
     // not report ready.
@@ -100,6 +102,7 @@ pub async fn start_with_clock(snapshot: Snapshot, clock: Clock) -> Result<App, S
         client,
         ready: Arc::new(AtomicBool::new(true)),
         tunnels: TaskTracker::new(),
+        access,
     });
     let shutdown = CancellationToken::new();
     let connections = TaskTracker::new();

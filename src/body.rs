@@ -116,10 +116,15 @@ impl Drop for InflightGuard {
     }
 }
 
+/// Called once with the body bytes sent, when a response body ends or is dropped (the access log).
+pub type OnEnd = Box<dyn FnOnce(u64) + Send>;
+
 /// → client.
 pub struct ProxyBody {
     kind: Kind,
     guards: Option<Guards>,
+    on_end: Option<OnEnd>,
+    sent: u64,
 }
 
 enum Kind {
@@ -130,15 +135,26 @@ enum Kind {
 
 impl ProxyBody {
     pub fn empty() -> ProxyBody {
-        ProxyBody { kind: Kind::Empty, guards: None }
+        ProxyBody { kind: Kind::Empty, guards: None, on_end: None, sent: 0 }
     }
 
     pub fn bytes(b: impl Into<Bytes>) -> ProxyBody {
-        ProxyBody { kind: Kind::Bytes(Some(b.into())), guards: None }
+        ProxyBody { kind: Kind::Bytes(Some(b.into())), guards: None, on_end: None, sent: 0 }
     }
 
     pub fn upstream(body: Incoming) -> ProxyBody {
-        ProxyBody { kind: Kind::Upstream(body), guards: None }
+        ProxyBody { kind: Kind::Upstream(body), guards: None, on_end: None, sent: 0 }
+    }
+
+    /// Calls `f` with the bytes sent once this body ends or is dropped.
+    pub fn on_end(&mut self, f: OnEnd) {
+        self.on_end = Some(f);
+    }
+
+    fn finish(&mut self) {
+        if let Some(f) = self.on_end.take() {
+            f(self.sent);
+        }
     }
 
     /// Keeps `guards` alive until this body ends or is dropped.
@@ -148,6 +164,12 @@ impl ProxyBody {
         } else {
             self.guards = Some(guards);
         }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 
@@ -162,9 +184,15 @@ impl Body for ProxyBody {
             Kind::Bytes(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream(inner) => Pin::new(inner).poll_frame(cx),
         };
+        if let (Some(_), Poll::Ready(Some(Ok(frame)))) = (&this.on_end, &out)
+            && let Some(data) = frame.data_ref()
+        {
+            this.sent += data.len() as u64;
+        }
         if matches!(out, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
             // Body finished (or failed): release the slot now, not when hyper drops us.
             this.guards = None;
+            this.finish();
         }
         out
     }

@@ -208,7 +208,14 @@ pub async fn run(opts: DemoOptions) -> Result<(), Box<dyn std::error::Error>> {
     crate::app::install_process_globals();
     let table = crate::snapshot::describe(&config);
     let snapshot = Snapshot::compile(config, &secrets)?;
-    let server = match crate::app::start(snapshot).await {
+    // The demo prints its own summary on stdout; no access-log lines in between.
+    let server = match crate::app::start_with(
+        snapshot,
+        crate::limit::Clock::System,
+        crate::access::AccessLog::disabled(),
+    )
+    .await
+    {
         Ok(s) => s,
         Err(e @ crate::app::StartError::Bind { .. }) => {
             return Err(format!("{e}\n(another program has this port: pick another with `tiergate demo --listen 127.0.0.1:PORT --admin-listen 127.0.0.1:PORT`)").into());

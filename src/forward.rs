@@ -244,7 +244,7 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: std::net::IpAddr) {
 }
 
 /// A unique request id: a per-process random prefix and a counter, as 32 hex digits.
-fn request_id() -> HeaderValue {
+pub fn request_id() -> HeaderValue {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     let prefix = *PREFIX.get_or_init(|| {

@@ -9,7 +9,8 @@
 //!                           ├─▶ forward   (pooled upstream client, hop-by-hop, X-Forwarded-*; body streams)
 //!                           ├─▶ headers   (security + rate-limit headers on every response)
 //!                           ├─▶ error     (the one table from any stage's error to a response)
-//!                           └─▶ metrics   (one record per request; every stage reports to it)
+//!                           ├─▶ metrics   (one record per request; every stage reports to it)
+//!                           └─▶ access    (one JSON line on stdout per logged response)
 //! ```
 //!
 //! A module may use only modules listed before it (`tests/architecture.rs` holds this). The
@@ -28,6 +29,7 @@ pub mod body;
 pub mod forward;
 pub mod headers;
 pub mod error;
+pub mod access;
 pub mod tls;
 pub mod config;
 pub mod snapshot;

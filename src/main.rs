@@ -71,7 +71,11 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             init_logging("info");
-            runtime(cli.workers).map_or(ExitCode::FAILURE, |rt| rt.block_on(run(snapshot, cli.config)))
+            let Some(rt) = runtime(cli.workers) else { return ExitCode::FAILURE };
+            let code = rt.block_on(run(snapshot, cli.config));
+            // A write to a stdout nobody reads (the access log) may never return: do not wait on it.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            code
         }
         Command::Demo { listen, admin_listen } => {
             init_logging("warn");

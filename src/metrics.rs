@@ -22,6 +22,7 @@ pub const INFLIGHT: &str = "tiergate_inflight_requests";
 pub const CONFIG_RELOADS: &str = "tiergate_config_reloads_total";
 pub const BUILD_INFO: &str = "tiergate_build_info";
 pub const JWKS_REFRESHES: &str = "tiergate_jwks_refreshes_total";
+pub const ACCESS_LOG_DROPPED: &str = "tiergate_access_log_dropped_total";
 
 /// Tier label for requests that have no tier (exempt, unauthorized, malformed).
 pub const NO_TIER: &str = "none";
@@ -110,6 +111,7 @@ pub fn install() -> &'static PrometheusHandle {
         metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         metrics::gauge!(STORAGE_FALLBACK).set(0.0);
         metrics::gauge!(INFLIGHT).set(0.0);
+        metrics::counter!(ACCESS_LOG_DROPPED).increment(0);
         handle
     })
 }
@@ -137,6 +139,11 @@ fn describe() {
     metrics::describe_counter!(CONFIG_RELOADS, Unit::Count, "Configuration reloads by result (success, error).");
     metrics::describe_gauge!(BUILD_INFO, "Always 1; the version label names the running build.");
     metrics::describe_counter!(JWKS_REFRESHES, Unit::Count, "Fetches of identity.jwks_url by result (success, error).");
+    metrics::describe_counter!(
+        ACCESS_LOG_DROPPED,
+        Unit::Count,
+        "Access-log lines dropped because stdout did not keep up (never a blocked request)."
+    );
 }
 
 /// Metric handles for one snapshot: every label combination resolved up front.

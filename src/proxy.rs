@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
+use crate::access::{AccessLog, AccessMode, Line};
 use crate::body::{Guards, InflightGuard, ProxyBody, RequestBody};
 use crate::conn::{ConnActivity, ConnInfo};
 use crate::error::ProxyError;
@@ -43,6 +44,8 @@ pub struct Proxy {
     pub ready: Arc<AtomicBool>,
     /// Upgraded connections (WebSocket tunnels): a drain waits for them too.
     pub tunnels: tokio_util::task::TaskTracker,
+    /// Where access-log lines go (the mode is the snapshot's).
+    pub access: AccessLog,
 }
 
 /// What the lifecycle learned, for decoration and the metrics/log record.
@@ -52,6 +55,12 @@ struct Ctx {
     outcome: Outcome,
     /// The limit decision, for the rate-limit headers (its lease has moved into the body).
     decision: Option<Decision>,
+    /// For the access log: who (`None` on exempt routes), the window that refused, the path as
+    /// forwarded when normalising changed it, and the upstream's time to response headers.
+    key: Option<IdentityKey>,
+    window: Option<Arc<str>>,
+    path: Option<String>,
+    upstream: Option<std::time::Duration>,
 }
 
 impl Proxy {
@@ -61,20 +70,41 @@ impl Proxy {
         req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
+        let wall = std::time::SystemTime::now();
         let snap = self.snapshot.load_full();
+        let logging = snap.access != AccessMode::None && self.access.is_enabled();
+        let mut req = req;
+        // The request id the access line and the upstream share: the client's, else ours.
+        let request_id = logging.then(|| {
+            let id = req.headers().get(&forward::X_REQUEST_ID).cloned().unwrap_or_else(forward::request_id);
+            req.headers_mut().insert(forward::X_REQUEST_ID.clone(), id.clone());
+            id
+        });
         // For the log line only: cheap clones (standard methods are inline, a Uri shares its bytes).
         let method = req.method().clone();
         let uri = req.uri().clone();
         let inflight = InflightGuard::new(&snap.metrics.inflight, &conn.activity);
-        let mut ctx = Ctx { tier: None, class: Class::General, outcome: Outcome::Allowed, decision: None };
+        let mut ctx = Ctx {
+            tier: None,
+            class: Class::General,
+            outcome: Outcome::Allowed,
+            decision: None,
+            key: None,
+            window: None,
+            path: None,
+            upstream: None,
+        };
 
-        let mut resp = match self.lifecycle(&snap, &conn, req, &mut ctx, inflight).await {
-            Ok(resp) => resp,
+        let (mut resp, own) = match self.lifecycle(&snap, &conn, req, &mut ctx, inflight).await {
+            Ok(resp) => (resp, false),
             Err(err) => {
                 if let Some(outcome) = err.outcome() {
                     ctx.outcome = outcome;
                 }
-                err.response()
+                if let ProxyError::Limited { violated, .. } = &err {
+                    ctx.window = violated.first().cloned();
+                }
+                (err.response(), true)
             }
         };
 
@@ -86,15 +116,47 @@ impl Proxy {
         }
 
         // Record.
-        let elapsed = started.elapsed().as_secs_f64();
-        snap.metrics.record(ctx.tier, ctx.class, ctx.outcome, elapsed);
+        let elapsed = started.elapsed();
+        snap.metrics.record(ctx.tier, ctx.class, ctx.outcome, elapsed.as_secs_f64());
         let tier = ctx.tier.map_or(crate::metrics::NO_TIER, |t| &snap.tiers[t].name);
         let status = resp.status().as_u16();
-        if matches!(ctx.outcome, Outcome::Limited | Outcome::ShadowLimited | Outcome::TooLarge | Outcome::Unauthorized)
-        {
+        let refused = matches!(
+            ctx.outcome,
+            Outcome::Limited | Outcome::ShadowLimited | Outcome::TooLarge | Outcome::Unauthorized
+        );
+        if refused && !logging {
             tracing::info!(%method, path = uri.path(), status, tier, class = ctx.class.as_str(), decision = ctx.outcome.as_str(), peer = %conn.peer, "request refused");
         } else {
-            tracing::debug!(%method, path = uri.path(), status, tier, class = ctx.class.as_str(), decision = ctx.outcome.as_str(), seconds = elapsed, "request");
+            // With the access log on, refusals are in it: the diagnostic stays at debug.
+            tracing::debug!(%method, path = uri.path(), status, tier, class = ctx.class.as_str(), decision = ctx.outcome.as_str(), seconds = elapsed.as_secs_f64(), "request");
+        }
+
+        // The access log: tiergate's own responses at once (their size is known), the upstream's
+        // (with `all`) when their body has been sent.
+        if let Some(request_id) = request_id
+            && (own || snap.access == AccessMode::All)
+        {
+            let entry = AccessEntry {
+                wall,
+                request_id,
+                method,
+                path: ctx.path.take().unwrap_or_else(|| uri.path().to_string()),
+                status,
+                class: ctx.class,
+                tier: Arc::clone(ctx.tier.map_or(&snap.no_tier, |t| &snap.tiers[t].name)),
+                key: ctx.key.take(),
+                decision: ctx.outcome,
+                window: ctx.window.take(),
+                upstream: ctx.upstream,
+                started,
+            };
+            match http_body::Body::size_hint(resp.body()).exact() {
+                Some(bytes) if own => entry.write(&self.access, bytes),
+                _ => {
+                    let proxy = Arc::clone(&self);
+                    resp.body_mut().on_end(Box::new(move |bytes| entry.write(&proxy.access, bytes)));
+                }
+            }
         }
         Ok(resp)
     }
@@ -122,6 +184,7 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let client_upgrade = parts.extensions.remove::<OnUpgrade>();
         if let Some(path) = normalized {
+            ctx.path = Some(path.clone());
             parts.uri = with_path(&parts.uri, path)
                 .map_err(|_| ProxyError::BadRequest("The request target cannot be forwarded."))?;
         }
@@ -138,7 +201,15 @@ impl Proxy {
             ctx.outcome = Outcome::Exempt;
         } else {
             // 4. Identify.
-            let identity = self.identify(snap, conn, &parts.headers).await?;
+            let identity = match self.identify(snap, conn, &parts.headers).await {
+                Ok(identity) => identity,
+                Err(e) => {
+                    // A 401 is logged under the client's address.
+                    ctx.key = Some(snap.identity.anonymous_key(&parts.headers, conn.peer));
+                    return Err(e);
+                }
+            };
+            ctx.key = Some(identity.key.clone());
             let tier = &snap.tiers[identity.tier];
             ctx.tier = Some(identity.tier);
 
@@ -196,7 +267,9 @@ impl Proxy {
             .map_err(|_| ProxyError::BadRequest("The request target cannot be forwarded."))?;
         let upstream_started = Instant::now();
         let sent = forward::send(&self.client, Request::from_parts(parts, body), snap.upstream_timeout).await;
-        snap.metrics.upstream_duration.record(upstream_started.elapsed().as_secs_f64());
+        let upstream_took = upstream_started.elapsed();
+        ctx.upstream = Some(upstream_took);
+        snap.metrics.upstream_duration.record(upstream_took.as_secs_f64());
         let mut resp = match sent {
             Ok(resp) => resp,
             Err(e) => {
@@ -316,6 +389,42 @@ impl Proxy {
         resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
         resp.headers_mut().insert(header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
         Ok(resp)
+    }
+}
+
+/// What one access-log line needs, owned (it may be written after the handler returned).
+struct AccessEntry {
+    wall: std::time::SystemTime,
+    request_id: http::HeaderValue,
+    method: Method,
+    path: String,
+    status: u16,
+    class: Class,
+    tier: Arc<str>,
+    key: Option<IdentityKey>,
+    decision: Outcome,
+    window: Option<Arc<str>>,
+    upstream: Option<std::time::Duration>,
+    started: Instant,
+}
+
+impl AccessEntry {
+    fn write(self, log: &AccessLog, bytes_sent: u64) {
+        log.emit(&Line {
+            ts: crate::access::timestamp(self.wall),
+            request_id: self.request_id.to_str().unwrap_or("-"),
+            method: self.method.as_str(),
+            path: &self.path,
+            status: self.status,
+            class: self.class.as_str(),
+            tier: &self.tier,
+            key: self.key.as_ref().map(ToString::to_string),
+            decision: self.decision.as_str(),
+            window: self.window.as_deref(),
+            duration_ms: crate::access::millis(self.started.elapsed()),
+            upstream_ms: self.upstream.map(crate::access::millis),
+            bytes_sent,
+        });
     }
 }
 

@@ -17,6 +17,7 @@ use http::uri::{Authority, Scheme};
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 
+use crate::access::AccessMode;
 use crate::config::{Backend, Config, ConfigErrors, HeadersConfig, TierConfig, format_duration};
 use crate::headers::{Decorator, Environment, PERMISSIONS_POLICY, X_XSS_PROTECTION, policy_header};
 use crate::identity::TierSource;
@@ -139,6 +140,10 @@ pub struct Snapshot {
     pub tier_override_ttl: Option<Duration>,
     /// The files the config names (keys, certificates): the reloader watches their directories.
     pub key_files: Vec<PathBuf>,
+    /// Which responses get an access-log line (`log.access`).
+    pub access: AccessMode,
+    /// The tier label of requests without a tier (`none`), shared rather than allocated per line.
+    pub no_tier: Arc<str>,
     /// `jwks_url` keys must be fetched before serving (no `jwks_file` to fall back on).
     remote_keys_required: bool,
     pub upstream_scheme: Scheme,
@@ -259,6 +264,8 @@ impl Snapshot {
                 .then_some(config.identity.tier_cache_ttl),
             key_files: config.key_files(),
             remote_keys_required: config.identity.jwks_file.is_none(),
+            access: config.log.access,
+            no_tier: Arc::from(crate::metrics::NO_TIER),
         })
     }
 

@@ -11,6 +11,7 @@
 
 mod read;
 
+use crate::access::AccessMode;
 use crate::headers::{Environment, RateLimitHeaders};
 use crate::identity::{InvalidToken, TierSource};
 use crate::limit::Algorithm;
@@ -57,6 +58,13 @@ pub struct Config {
     pub tiers: Vec<TierConfig>,
     pub routes: Vec<RouteConfig>,
     pub headers: HeadersConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Which responses get an access-log line on stdout.
+    pub access: AccessMode,
 }
 
 #[derive(Debug, Clone)]

@@ -10,6 +10,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::*;
+use crate::access::AccessMode;
 use crate::headers::{Environment, RateLimitHeaders};
 use crate::identity::{InvalidToken, TierSource};
 use crate::limit::Algorithm;
@@ -201,7 +202,7 @@ impl<'t, 'e> Section<'t, 'e> {
 
 /// Parses "50ms", "2s", "10m", "1h", "1d" (a whole number and one unit).
 pub(super) fn read_config(root: &toml::Table, errors: &mut Vec<String>) -> Config {
-    const SECTIONS: [&str; 7] = ["server", "tls", "storage", "identity", "tiers", "routes", "headers"];
+    const SECTIONS: [&str; 8] = ["server", "tls", "storage", "identity", "tiers", "routes", "headers", "log"];
     for k in root.keys() {
         if !SECTIONS.contains(&k.as_str()) {
             errors.push(format!("{k}: unknown key"));
@@ -214,6 +215,7 @@ pub(super) fn read_config(root: &toml::Table, errors: &mut Vec<String>) -> Confi
     let tiers = read_tiers(root.get("tiers"), errors);
     let routes = read_routes(root.get("routes"), errors);
     let headers = read_headers(root.get("headers"), errors);
+    let log = read_log(root.get("log"), errors);
 
     let tier_names: BTreeSet<&str> = tiers.iter().map(|t| t.name.as_str()).collect();
     if tiers.is_empty() && !errors.iter().any(|e| e.starts_with("tiers")) {
@@ -228,7 +230,18 @@ pub(super) fn read_config(root: &toml::Table, errors: &mut Vec<String>) -> Confi
         }
     }
 
-    Config { server, tls, storage, identity, tiers, routes, headers }
+    Config { server, tls, storage, identity, tiers, routes, headers, log }
+}
+
+fn read_log(value: Option<&toml::Value>, errors: &mut Vec<String>) -> LogConfig {
+    let mut s = Section::new("log", value, errors);
+    let access = s.choice(
+        "access",
+        AccessMode::Refused,
+        &[("none", AccessMode::None), ("refused", AccessMode::Refused), ("all", AccessMode::All)],
+    );
+    s.finish();
+    LogConfig { access }
 }
 
 fn read_server(value: Option<&toml::Value>, errors: &mut Vec<String>) -> ServerConfig {

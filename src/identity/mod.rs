@@ -218,6 +218,11 @@ impl Verifier {
         }
     }
 
+    /// The key an anonymous caller from `peer` is counted under (the access log names a 401 so).
+    pub fn anonymous_key(&self, headers: &HeaderMap, peer: SocketAddr) -> IdentityKey {
+        self.anonymous(headers, peer).key
+    }
+
     fn anonymous(&self, headers: &HeaderMap, peer: SocketAddr) -> Identity {
         let ip = client_ip(peer.ip(), headers, &self.rules.trusted_proxies);
         Identity {

@@ -198,7 +198,9 @@ impl Gate {
         config.server.upstream = upstream_url.parse().unwrap();
         let snapshot = Snapshot::compile(config, &Secrets::default().with(SECRET_ENV, SECRET))
             .unwrap_or_else(|e| panic!("compile: {e}"));
-        let server = tiergate::app::start_with_clock(snapshot, clock.clone()).await.unwrap();
+        // In-process gates log nothing: the access log is tested on the binary (tests/access_log.rs).
+        let server =
+            tiergate::app::start_with(snapshot, clock.clone(), tiergate::access::AccessLog::disabled()).await.unwrap();
         let base = format!("http://{}", server.addr);
         let admin = format!("http://{}", server.admin_addr);
         Gate { server, upstream, base, admin, clock, redis }
