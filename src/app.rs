@@ -20,6 +20,7 @@ use crate::access::AccessLog;
 use crate::limit::{Clock, Limiter, RedisStore, Store};
 use crate::proxy::{Proxy, TierCache};
 use crate::snapshot::{Secrets, Snapshot};
+use crate::top::Top;
 
 /// How often idle limiter state is dropped.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
@@ -95,9 +96,18 @@ pub async fn start_with(snapshot: Snapshot, clock: Clock, access: AccessLog) -> 
     };
     let client = crate::forward::client(startup.upstream_ca_file.as_deref())
         .map_err(|e| crate::config::ConfigErrors(vec![format!("server.upstream_ca_file: {e}")]))?;
+    if snapshot.admin_token.is_none() {
+        let env = &snapshot.admin_token_env;
+        if env.is_empty() {
+            tracing::info!("server.admin_token_env is not set: the admin port is read-only");
+        } else {
+            tracing::warn!(variable = %env, "the admin token variable is unset or empty: the admin port is read-only");
+        }
+    }
     let proxy = Arc::new(Proxy {
         snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
-        limiter,
+        limiter: Arc::new(limiter),
+        top: Arc::new(Top::default()),
         tier_cache: TierCache::default(),
         client,
         ready: Arc::new(AtomicBool::new(true)),
@@ -114,7 +124,14 @@ pub async fn start_with(snapshot: Snapshot, clock: Clock, access: AccessLog) -> 
     });
     tasks.spawn(crate::server::accept_loop(listener, tls, Arc::clone(&proxy), shutdown.clone(), connections.clone()));
     let admin_stop = CancellationToken::new();
-    tokio::spawn(crate::admin::serve(admin, Arc::clone(&proxy.ready), metrics, admin_stop.clone()));
+    let operator = crate::admin::Operator {
+        ready: Arc::clone(&proxy.ready),
+        metrics,
+        snapshot: Arc::clone(&proxy.snapshot),
+        limiter: Arc::clone(&proxy.limiter),
+        top: Arc::clone(&proxy.top),
+    };
+    tokio::spawn(crate::admin::serve(admin, Arc::new(operator), admin_stop.clone()));
     let sweeper = Arc::clone(&proxy);
     let stop = shutdown.clone();
     tasks.spawn(async move {

@@ -10,7 +10,8 @@
 //!                           ├─▶ headers   (security + rate-limit headers on every response)
 //!                           ├─▶ error     (the one table from any stage's error to a response)
 //!                           ├─▶ metrics   (one record per request; every stage reports to it)
-//!                           └─▶ access    (one JSON line on stdout per logged response)
+//!                           ├─▶ access    (one JSON line on stdout per logged response)
+//!                           └─▶ top       (who is being refused: a bounded sketch per replica)
 //! ```
 //!
 //! A module may use only modules listed before it (`tests/architecture.rs` holds this). The
@@ -30,6 +31,7 @@ pub mod forward;
 pub mod headers;
 pub mod error;
 pub mod access;
+pub mod top;
 pub mod tls;
 pub mod config;
 pub mod snapshot;

@@ -31,12 +31,15 @@ use crate::limit::{Decision, Limiter};
 use crate::metrics::Outcome;
 use crate::route::Class;
 use crate::snapshot::Snapshot;
+use crate::top::Top;
 
 /// Everything a request needs that outlives one config snapshot.
 pub struct Proxy {
     /// The current compiled config; a reload swaps it whole, each request loads it once.
     pub snapshot: Arc<ArcSwap<Snapshot>>,
-    pub limiter: Limiter,
+    pub limiter: Arc<Limiter>,
+    /// Who is being refused, and the tier each identity was last seen with (the admin port).
+    pub top: Arc<Top>,
     /// Tiers read from Redis (`tier_source = "redis"`), for `tier_cache_ttl`.
     pub tier_cache: TierCache,
     pub client: UpstreamClient,
@@ -234,6 +237,11 @@ impl Proxy {
                     .await
                     .map_err(|_| ProxyError::StorageUnavailable)?;
                 lease = decision.lease.take();
+                if decision.allowed {
+                    self.top.allowed(&identity.key, &tier.name);
+                } else {
+                    self.top.refused(&identity.key, &tier.name);
+                }
                 if !decision.allowed {
                     let violated = violated_names(plan, &decision);
                     let retry_after = decision.retry_after_secs();
@@ -365,26 +373,9 @@ impl Proxy {
         } else {
             self.limiter.peek(&identity.key, plan).await.map_err(|_| ProxyError::StorageUnavailable)?
         };
-        let windows: Vec<serde_json::Value> = plan
-            .windows
-            .iter()
-            .zip(d.windows.iter())
-            .map(|(w, c)| {
-                // A peek reports what is left now: an open window's check counted this request in.
-                let remaining = if c.allowed { c.remaining + 1 } else { 0 };
-                serde_json::json!({
-                    "name": &*w.name,
-                    "limit": w.limit,
-                    "window_seconds": w.window_ms.div_ceil(1000),
-                    "remaining": remaining,
-                    "reset": c.reset_ms.div_ceil(1000),
-                })
-            })
-            .collect();
-        let mut body = serde_json::json!({ "tier": &*tier.name, "windows": windows });
-        if let Some(cap) = plan.concurrency {
-            body["concurrent"] = serde_json::json!({ "limit": cap, "in_flight": d.in_flight });
-        }
+        let mut body = crate::limit::windows_json(plan, &d);
+        body.insert("tier".into(), serde_json::Value::from(&*tier.name));
+        let body = serde_json::Value::Object(body);
         let mut resp = Response::new(ProxyBody::bytes(body.to_string()));
         resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
         resp.headers_mut().insert(header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));

@@ -142,6 +142,11 @@ pub struct Snapshot {
     pub key_files: Vec<PathBuf>,
     /// Which responses get an access-log line (`log.access`).
     pub access: AccessMode,
+    /// The admin port's bearer token for its write endpoints (from `server.admin_token_env`);
+    /// `None`: the admin port is read-only.
+    pub admin_token: Option<String>,
+    /// The variable `admin_token` is read from (for the start-up warning when it is unset).
+    pub admin_token_env: String,
     /// The tier label of requests without a tier (`none`), shared rather than allocated per line.
     pub no_tier: Arc<str>,
     /// `jwks_url` keys must be fetched before serving (no `jwks_file` to fall back on).
@@ -266,6 +271,11 @@ impl Snapshot {
             remote_keys_required: config.identity.jwks_file.is_none(),
             access: config.log.access,
             no_tier: Arc::from(crate::metrics::NO_TIER),
+            admin_token: Some(config.server.admin_token_env.as_str())
+                .filter(|name| !name.is_empty())
+                .and_then(|name| secrets.get(name))
+                .filter(|token| !token.is_empty()),
+            admin_token_env: config.server.admin_token_env.clone(),
         })
     }
 

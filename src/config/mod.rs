@@ -83,6 +83,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// What a `%2F`/`%5C` in a request path means.
     pub escaped_slashes: crate::route::EscapedSlashes,
+    /// Names the environment variable holding the admin port's bearer token (empty: read-only).
+    pub admin_token_env: String,
 }
 
 #[derive(Debug, Clone)]

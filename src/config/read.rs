@@ -297,6 +297,7 @@ fn read_server(value: Option<&toml::Value>, errors: &mut Vec<String>) -> ServerC
         );
     }
     let shutdown_grace = s.duration("shutdown_grace", Duration::from_secs(25));
+    let admin_token_env = s.string("admin_token_env", "");
     let escaped_slashes = s.choice(
         "escaped_slashes",
         crate::route::EscapedSlashes::Reject,
@@ -325,6 +326,7 @@ fn read_server(value: Option<&toml::Value>, errors: &mut Vec<String>) -> ServerC
         max_header_bytes: max_header_bytes.clamp(8_192, 16 * 1_048_576) as usize,
         shutdown_grace,
         escaped_slashes,
+        admin_token_env,
     }
 }
 

@@ -36,6 +36,16 @@ pub enum IdentityKey {
     Ip(IpAddr),
 }
 
+impl IdentityKey {
+    /// Reads a key as [`Display`](std::fmt::Display) writes it: `user:42`, `ip:10.0.0.7`.
+    pub fn parse(s: &str) -> Option<IdentityKey> {
+        if let Some(user) = s.strip_prefix("user:") {
+            return (!user.is_empty() && user.len() <= 256).then(|| IdentityKey::User(Arc::from(user)));
+        }
+        s.strip_prefix("ip:")?.parse::<IpAddr>().ok().map(|ip| IdentityKey::Ip(ip.to_canonical()))
+    }
+}
+
 impl std::fmt::Display for IdentityKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

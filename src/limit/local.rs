@@ -257,6 +257,13 @@ impl LocalLimiter {
         }
     }
 
+    /// Clears the identity's counters in every window of `plan`; slots in flight stay taken.
+    pub fn reset(&self, key: &IdentityKey, plan: &Plan) {
+        if let Some(entry) = self.entries.get(key) {
+            entry.lock().windows.retain(|(name, _)| !plan.windows.iter().any(|w| w.name == *name));
+        }
+    }
+
     /// Drops identities with no live window data and nothing in flight. Returns how many were dropped.
     pub fn sweep(&self) -> usize {
         let now = self.clock.now_ms();

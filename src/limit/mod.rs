@@ -174,6 +174,33 @@ impl Decision {
     }
 }
 
+/// A peek's view of `plan`'s windows as JSON (the quota endpoint and the admin port):
+/// `{"windows": [{name, limit, window_seconds, remaining, reset}], "concurrent": {limit, in_flight}}`.
+pub fn windows_json(plan: &Plan, d: &Decision) -> serde_json::Map<String, serde_json::Value> {
+    let windows: Vec<serde_json::Value> = plan
+        .windows
+        .iter()
+        .zip(d.windows.iter())
+        .map(|(w, c)| {
+            // A peek reports what is left now: an open window's check counted this request in.
+            let remaining = if c.allowed { c.remaining + 1 } else { 0 };
+            serde_json::json!({
+                "name": &*w.name,
+                "limit": w.limit,
+                "window_seconds": w.window_ms.div_ceil(1000),
+                "remaining": remaining,
+                "reset": c.reset_ms.div_ceil(1000),
+            })
+        })
+        .collect();
+    let mut out = serde_json::Map::new();
+    out.insert("windows".into(), serde_json::Value::Array(windows));
+    if let Some(cap) = plan.concurrency {
+        out.insert("concurrent".into(), serde_json::json!({ "limit": cap, "in_flight": d.in_flight }));
+    }
+    out
+}
+
 /// Orders candidate binding windows: (full, fewer remaining, shorter window); the greatest binds.
 type Rank = (bool, std::cmp::Reverse<u64>, std::cmp::Reverse<u64>);
 
@@ -396,6 +423,19 @@ impl Limiter {
         let Store::Redis(redis) = &self.store else { return Ok(None) };
         let permit = self.breaker.allow().ok_or(StoreUnavailable)?;
         settle(permit, tokio::time::timeout(self.timeout, redis.tier_override(user)).await)
+    }
+
+    /// Clears `key`'s counters in every window of `plan` (the operator's reset), in the store and
+    /// in the negative cache; concurrency slots in use are not revoked.
+    pub async fn reset(&self, key: &IdentityKey, plan: &Plan) -> Result<(), StoreUnavailable> {
+        self.negative.forget(key);
+        self.local.reset(key, plan);
+        let Store::Redis(redis) = &self.store else { return Ok(()) };
+        let permit = self.breaker.allow().ok_or(StoreUnavailable)?;
+        let done = settle(permit, tokio::time::timeout(self.timeout, redis.reset(key, plan)).await);
+        // A refusal remembered while the DEL was in flight would outlive the reset.
+        self.negative.forget(key);
+        done
     }
 
     /// Drops idle state; called periodically.

@@ -80,6 +80,11 @@ impl NegativeCache {
         }
     }
 
+    /// Forgets every refusal of `key` (its counters were reset).
+    pub fn forget(&self, key: &IdentityKey) {
+        self.map.remove(key);
+    }
+
     /// Drops what has expired.
     pub fn sweep(&self, now_ms: u64) {
         self.map.retain(|_, v| {

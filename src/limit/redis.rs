@@ -321,6 +321,23 @@ impl RedisStore {
         let mut conn = self.conn()?;
         Ok(conn.query(redis::cmd("GET").arg(format!("user_tier:{user}"))).await?)
     }
+
+    /// Deletes the identity's counters in every window of `plan` (one `DEL`: the keys share a hash
+    /// tag, so this works on Redis Cluster); the lease set is left alone (slots in use stay).
+    pub async fn reset(&self, identity: &IdentityKey, plan: &Plan) -> Result<(), StoreError> {
+        if plan.windows.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn()?;
+        // A script with KEYS is routed by their (shared) slot on Redis Cluster.
+        let script = redis::Script::new("return redis.call('DEL', unpack(KEYS))");
+        let mut inv = script.prepare_invoke();
+        for w in &plan.windows {
+            inv.key(self.key(identity, &w.name));
+        }
+        let _: i64 = conn.invoke(&inv).await?;
+        Ok(())
+    }
 }
 
 /// Removes released leases, batching whatever has queued up.

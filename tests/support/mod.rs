@@ -27,6 +27,9 @@ pub mod redis;
 
 pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
 pub const SECRET_ENV: &str = "TIERGATE_TEST_SECRET";
+/// The admin token gates see when their config sets `admin_token_env = "TIERGATE_TEST_ADMIN_TOKEN"`.
+pub const ADMIN_TOKEN_ENV: &str = "TIERGATE_TEST_ADMIN_TOKEN";
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
 
 /// Server settings every test config starts from (ports chosen by the OS).
 pub const SERVER: &str = r#"
@@ -163,14 +166,24 @@ impl Gate {
         Gate::on_with(store, "", extra).await
     }
 
+    /// As [`Gate::on`], with the admin token configured (`ADMIN_TOKEN`).
+    pub async fn on_token(store: Store) -> Gate {
+        Gate::on_full(store, &format!("admin_token_env = \"{ADMIN_TOKEN_ENV}\"\n"), "", "").await
+    }
+
     /// As [`Gate::on`], with `storage_extra` lines in the `[storage]` section (e.g. the algorithm).
     pub async fn on_with(store: Store, storage_extra: &str, extra: &str) -> Gate {
+        Gate::on_full(store, "", storage_extra, extra).await
+    }
+
+    /// As [`Gate::on_with`], with `server_extra` lines in the `[server]` section.
+    pub async fn on_full(store: Store, server_extra: &str, storage_extra: &str, extra: &str) -> Gate {
         let upstream = echo().await;
         let url = format!("http://{upstream}");
         match store {
             Store::Memory => {
                 let storage = format!("\n[storage]\n{storage_extra}\n");
-                let config = format!("{SERVER}{IDENTITY}{storage}{TIERS}{extra}");
+                let config = format!("{SERVER}{server_extra}{IDENTITY}{storage}{TIERS}{extra}");
                 let clock = Clock::manual(now() * 1000);
                 Gate::start_full(&config, &url, upstream, clock, None).await
             }
@@ -180,7 +193,7 @@ impl Gate {
                     "\n[storage]\nbackend = \"redis\"\nurl = \"{}\"\ntimeout = \"500ms\"\nlease_ttl = \"2s\"\n{storage_extra}\n",
                     redis.url()
                 );
-                let config = format!("{SERVER}{IDENTITY}{storage}{TIERS}{extra}");
+                let config = format!("{SERVER}{server_extra}{IDENTITY}{storage}{TIERS}{extra}");
                 Gate::start_full(&config, &url, upstream, Clock::shifted(), Some(redis)).await
             }
         }
@@ -196,8 +209,9 @@ impl Gate {
         tiergate::app::install_process_globals();
         let mut config = Config::parse(config).unwrap_or_else(|e| panic!("test config: {e}"));
         config.server.upstream = upstream_url.parse().unwrap();
-        let snapshot = Snapshot::compile(config, &Secrets::default().with(SECRET_ENV, SECRET))
-            .unwrap_or_else(|e| panic!("compile: {e}"));
+        let snapshot =
+            Snapshot::compile(config, &Secrets::default().with(SECRET_ENV, SECRET).with(ADMIN_TOKEN_ENV, ADMIN_TOKEN))
+                .unwrap_or_else(|e| panic!("compile: {e}"));
         // In-process gates log nothing: the access log is tested on the binary (tests/access_log.rs).
         let server =
             tiergate::app::start_with(snapshot, clock.clone(), tiergate::access::AccessLog::disabled()).await.unwrap();
