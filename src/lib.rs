@@ -18,7 +18,8 @@
 //! foundations come first (`conn`, `route`'s vocabulary, `metrics`), then the stages in request
 //! order, then the config (`config` reads it, `snapshot` compiles it, the only reader of a
 //! `Config`), the orchestrator (`proxy`), and what runs it: `admin` (the admin port), `reload`
-//! (swaps snapshots), `server` (accept loop, connections), `app` (the composition root) and `demo`.
+//! (swaps snapshots), `server` (accept loop, connections), `app` (the composition root), `demo`, and `cli`
+//! (the operator's `top` and `limits` commands, which talk to a running tiergate's admin port).
 #![forbid(unsafe_code)]
 
 pub mod conn;
@@ -41,3 +42,4 @@ pub mod reload;
 pub mod server;
 pub mod app;
 pub mod demo;
+pub mod cli;

@@ -28,6 +28,27 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum LimitsAction {
+    /// The windows of KEY (`user:42`, `ip:10.0.0.7`), read without consuming.
+    Show {
+        key: String,
+        #[arg(long, default_value = "http://127.0.0.1:9901")]
+        admin: String,
+        /// The tier to read them for (default: the one the replica last saw KEY with).
+        #[arg(long)]
+        tier: Option<String>,
+    },
+    /// Clears KEY's counters in every window (the token comes from TIERGATE_ADMIN_TOKEN).
+    Reset {
+        key: String,
+        #[arg(long, default_value = "http://127.0.0.1:9901")]
+        admin: String,
+        #[arg(long)]
+        tier: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the proxy (the default).
     Run,
@@ -45,6 +66,20 @@ enum Command {
         /// Read the secret from this environment variable instead of identity.jwt_secret_env.
         #[arg(long)]
         secret_env: Option<String>,
+    },
+    /// A live view of a running tiergate: rates and refusals per tier and class, storage, who is refused.
+    Top {
+        /// The admin port of the tiergate to watch.
+        #[arg(long, default_value = "http://127.0.0.1:9901")]
+        admin: String,
+        /// Print one plain-text frame and exit (for scripts).
+        #[arg(long)]
+        once: bool,
+    },
+    /// One identity's windows on a running tiergate: show them, or reset them.
+    Limits {
+        #[command(subcommand)]
+        action: LimitsAction,
     },
     /// tiergate in front of a built-in echo upstream, with tokens and curl lines to try.
     Demo {
@@ -77,6 +112,27 @@ fn main() -> ExitCode {
             rt.shutdown_timeout(std::time::Duration::from_secs(1));
             code
         }
+        Command::Top { admin, once } => operate(cli.workers, async move {
+            if once {
+                return tiergate::cli::top_once(&admin).await;
+            }
+            use std::io::{IsTerminal, Write};
+            let color = std::io::stdout().is_terminal();
+            tiergate::cli::top_live(&admin, color, |frame| {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(frame.as_bytes());
+                let _ = out.flush();
+            })
+            .await
+            .map(|()| String::new())
+        }),
+        Command::Limits { action: LimitsAction::Show { key, admin, tier } } => {
+            operate(cli.workers, async move { tiergate::cli::limits_show(&admin, &key, tier.as_deref()).await })
+        }
+        Command::Limits { action: LimitsAction::Reset { key, admin, tier } } => operate(cli.workers, async move {
+            let token = std::env::var("TIERGATE_ADMIN_TOKEN").ok();
+            tiergate::cli::limits_reset(&admin, &key, tier.as_deref(), token.as_deref()).await
+        }),
         Command::Demo { listen, admin_listen } => {
             init_logging("warn");
             let Some(rt) = runtime(cli.workers) else { return ExitCode::FAILURE };
@@ -87,6 +143,22 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Runs one operator command: its output on stdout, or its one-line error on stderr (exit 1).
+fn operate(workers: Option<usize>, command: impl std::future::Future<Output = Result<String, String>>) -> ExitCode {
+    let Some(rt) = runtime(workers) else { return ExitCode::FAILURE };
+    match rt.block_on(command) {
+        Ok(out) => {
+            use std::io::Write;
+            let _ = std::io::stdout().lock().write_all(out.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tiergate: {e}");
+            ExitCode::FAILURE
         }
     }
 }

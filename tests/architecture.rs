@@ -23,7 +23,7 @@ const FLOW: &[&str] = &[
     // Config: schema and reader, TLS key loading, the compiled snapshot.
     "tls", "config", "snapshot", //
     // The orchestrator, then what runs it.
-    "proxy", "admin", "reload", "server", "app", "demo",
+    "proxy", "admin", "reload", "server", "app", "demo", "cli",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

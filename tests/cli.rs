@@ -243,3 +243,147 @@ async fn demo_prints_tokens_that_work() {
     );
     drop(child);
 }
+
+/// Runs the binary with `args` (and `env`), bounded; (exit code, stdout, stderr).
+fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut cmd = tiergate();
+    cmd.args(args).env_remove("TIERGATE_ADMIN_TOKEN");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn limits_show_and_reset_wrap_the_admin_endpoints() {
+    let gate = Gate::on_token(Store::Memory).await;
+    let t = token("cli-user", "free");
+    for _ in 0..4 {
+        get_as(&gate.url("/api/x"), &t).await;
+    }
+    let admin = gate.admin.clone();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || run_cli(&["limits", "show", "user:cli-user", "--admin", &admin], &[]))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("user:cli-user (tier free)"), "{out}");
+    let minute = out.lines().find(|l| l.starts_with("minute")).unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(minute.split_whitespace().take(3).collect::<Vec<_>>(), ["minute", "3", "0"], "{out}");
+    assert!(out.contains("concurrent"), "{out}");
+
+    // Reset: without the token, with a wrong one, then with the right one.
+    let admin = gate.admin.clone();
+    let (code, _, err) =
+        tokio::task::spawn_blocking(move || run_cli(&["limits", "reset", "user:cli-user", "--admin", &admin], &[]))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(1));
+    assert!(err.contains("TIERGATE_ADMIN_TOKEN") && err.lines().count() == 1, "{err}");
+    let admin = gate.admin.clone();
+    let (code, _, err) = tokio::task::spawn_blocking(move || {
+        run_cli(&["limits", "reset", "user:cli-user", "--admin", &admin], &[("TIERGATE_ADMIN_TOKEN", "nope")])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(1));
+    assert!(err.contains("/limits/user:cli-user") && err.contains("401") && err.lines().count() == 1, "{err}");
+    let admin = gate.admin.clone();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        run_cli(&["limits", "reset", "user:cli-user", "--admin", &admin], &[("TIERGATE_ADMIN_TOKEN", ADMIN_TOKEN)])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("cleared every window of user:cli-user"), "{out}");
+    assert_eq!(get_as(&gate.url("/api/x"), &t).await.status, 200, "unblocked");
+
+    // Nothing listening: one line naming the URL, no panic.
+    let closed = format!(
+        "http://127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    );
+    let (code, _, err) =
+        tokio::task::spawn_blocking(move || run_cli(&["limits", "show", "user:x", "--admin", &closed], &[]))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(1));
+    assert!(err.contains("127.0.0.1:") && err.contains("cannot connect") && !err.contains("panicked"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[tokio::test]
+async fn top_once_prints_tiers_storage_and_who_is_refused() {
+    let gate = Gate::on(Store::Memory, "").await;
+    let t = token("noisy", "free");
+    for _ in 0..6 {
+        get_as(&gate.url("/api/x"), &t).await;
+    }
+    let admin = gate.admin.clone();
+    let traffic = {
+        let url = gate.url("/api/x");
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                get(&url, &[]).await;
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+        })
+    };
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || run_cli(&["top", "--once", "--admin", &admin], &[])).await.unwrap();
+    traffic.await.unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("storage: answering"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("free") && l.contains("api")), "{out}");
+    assert!(out.contains("user:noisy"), "the most refused identity: {out}");
+    assert!(!out.contains('\u{1b}'), "no colour when stdout is not a terminal: {out:?}");
+}
+
+#[tokio::test]
+async fn top_redraws_under_a_terminal_and_exits_on_sigint() {
+    let gate = Gate::on(Store::Memory, "").await;
+    let bin = env!("CARGO_BIN_EXE_tiergate");
+    let command = format!("{bin} top --admin {}", gate.admin);
+    // `script` gives it a pseudo-terminal; its output is what the terminal showed.
+    let mut child = Child(
+        Command::new("script")
+            .args(["-qfec", &command, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut BufReader::new(stdout), &mut all);
+        String::from_utf8_lossy(&all).into_owned()
+    });
+    tokio::time::sleep(Duration::from_millis(4_800)).await;
+    // SIGINT to tiergate itself (the terminal's Ctrl-C).
+    let pids = Command::new("pgrep").args(["-f", &format!("top --admin {}", gate.admin)]).output().unwrap();
+    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+        if pid.parse::<u32>().ok() != Some(child.0.id()) {
+            let _ = Command::new("kill").args(["-INT", pid]).status();
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "tiergate top did not exit on SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    let shown = reader.join().unwrap();
+    assert!(shown.matches("tiergate top").count() >= 2, "drawn at once and redrawn: {shown:?}");
+    assert!(shown.contains("\u{1b}[1m"), "colour on a terminal");
+    assert!(shown.contains("\u{1b}[2J"), "the screen is cleared between frames");
+}
