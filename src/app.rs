@@ -96,6 +96,12 @@ pub async fn start_with(snapshot: Snapshot, clock: Clock, access: AccessLog) -> 
     };
     let client = crate::forward::client(startup.upstream_ca_file.as_deref())
         .map_err(|e| crate::config::ConfigErrors(vec![format!("server.upstream_ca_file: {e}")]))?;
+    if snapshot.quota_batch > 0 {
+        tracing::warn!(
+            quota_batch = snapshot.quota_batch,
+            "storage.quota_batch: reservations are not built yet; every limited request asks the store (limits stay exact)"
+        );
+    }
     if snapshot.admin_token.is_none() {
         let env = &snapshot.admin_token_env;
         if env.is_empty() {

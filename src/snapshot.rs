@@ -142,6 +142,8 @@ pub struct Snapshot {
     pub key_files: Vec<PathBuf>,
     /// Which responses get an access-log line (`log.access`).
     pub access: AccessMode,
+    /// `storage.quota_batch` as configured (reservations are not built yet: see `app.rs`).
+    pub quota_batch: u64,
     /// The admin port's bearer token for its write endpoints (from `server.admin_token_env`);
     /// `None`: the admin port is read-only.
     pub admin_token: Option<String>,
@@ -276,6 +278,7 @@ impl Snapshot {
                 .and_then(|name| secrets.get(name))
                 .filter(|token| !token.is_empty()),
             admin_token_env: config.server.admin_token_env.clone(),
+            quota_batch: config.storage.quota_batch,
         })
     }
 

@@ -65,3 +65,17 @@ fn the_reference_names_every_key_config_toml_uses() {
     let missing: Vec<_> = used.difference(&documented).collect();
     assert!(missing.is_empty(), "config.toml uses keys the README reference does not show: {missing:?}");
 }
+
+/// The public contract's example config (`../shared/config.example.toml`, beside the checkout in CI
+/// and on developer machines) is accepted as it is.
+#[test]
+fn the_contract_example_config_parses() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/config.example.toml");
+    let Ok(text) = std::fs::read_to_string(path) else {
+        eprintln!("skipped: {path} is not there");
+        return;
+    };
+    if let Err(e) = Config::parse(&text) {
+        panic!("the contract's example config does not parse:\n{e}");
+    }
+}

@@ -106,6 +106,10 @@ pub struct StorageConfig {
     pub local_share_divisor: u64,
     pub lease_ttl: Duration,
     pub algorithm: Algorithm,
+    /// Units a replica may reserve per caller and window (0: every decision asks Redis). Read and
+    /// checked; reserving is not built yet, so tiergate says so at start and asks Redis every time.
+    pub quota_batch: u64,
+    pub quota_batch_ttl: Duration,
 }
 
 #[derive(Debug, Clone)]

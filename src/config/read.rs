@@ -369,6 +369,14 @@ fn read_storage(value: Option<&toml::Value>, errors: &mut Vec<String>) -> Storag
         Algorithm::SlidingLog,
         &[("sliding_log", Algorithm::SlidingLog), ("gcra", Algorithm::Gcra), ("fixed_window", Algorithm::FixedWindow)],
     );
+    let quota_batch = s.int("quota_batch", 0);
+    if quota_batch < 0 {
+        s.problem("quota_batch", format!("expected an integer ≥ 0, got {quota_batch}"));
+    }
+    let quota_batch_ttl = s.duration("quota_batch_ttl", Duration::from_secs(1));
+    if quota_batch_ttl.is_zero() {
+        s.problem("quota_batch_ttl", "must be greater than zero");
+    }
     s.finish();
     StorageConfig {
         backend,
@@ -381,6 +389,8 @@ fn read_storage(value: Option<&toml::Value>, errors: &mut Vec<String>) -> Storag
         local_share_divisor: divisor.max(1) as u64,
         lease_ttl,
         algorithm,
+        quota_batch: quota_batch.max(0) as u64,
+        quota_batch_ttl,
     }
 }
 
