@@ -221,6 +221,17 @@ for t in targets:
         if get.get("path") != path or get.get("port") != "admin": p(f"tiergate {probe} must GET {path} on port admin")
     envs = {e["name"] for e in tg.get("env", [])}
     if "JWT_SECRET_KEY" not in envs: p("tiergate has no JWT_SECRET_KEY env")
+    admin_env = next((e for e in tg.get("env", []) if e["name"] == "TIERGATE_ADMIN_TOKEN"), None)
+    ref = (admin_env or {}).get("valueFrom", {}).get("secretKeyRef", {})
+    if not ref or ref.get("optional") is not True: p("TIERGATE_ADMIN_TOKEN must come from a Secret, optional (read-only admin port without it)")
+    # The admin port (operator endpoints included) is only reachable from selected peers: every
+    # NetworkPolicy rule that opens port admin names where traffic may come from.
+    for np in by_kind.get("NetworkPolicy", []):
+        for rule in np["spec"].get("ingress", []):
+            if any(q.get("port") in ("admin", 9901) for q in rule.get("ports", [])) and not rule.get("from"):
+                p(f"NetworkPolicy {np['metadata']['name']} opens the admin port to everyone")
+            if not rule.get("ports") and not rule.get("from"):
+                p(f"NetworkPolicy {np['metadata']['name']} has a rule open on every port")
     vols = {v["name"]: v for v in spec.get("volumes", [])}
     mounts = [m for m in tg.get("volumeMounts", []) if m["mountPath"] == "/etc/tiergate"]
     if not mounts or "subPath" in mounts[0] or vols.get(mounts[0]["name"], {}).get("configMap", {}).get("name") != "tiergate-config":
@@ -291,8 +302,41 @@ EOF
 }
 check "optional PodMonitor component (k8s/components/podmonitor)" podmonitor_component
 
+sidecar_component() {
+    # A sample app that knows nothing of tiergate (k8s/examples/plain-app) adopts it with the sidecar
+    # component: the render validates strictly, the app's Deployment gets the native sidecar and the
+    # config volume, its Service targets tiergate, and a Deployment labelled
+    # tiergate.io/sidecar: disabled is left alone.
+    local f="$WORK/plain-app.yaml" v
+    kubectl kustomize k8s/examples/plain-app >"$f"
+    for v in "${KVERSIONS[@]}"; do k8s_validate "$f" "$v"; done
+    "$PY" - "$f" <<'EOF'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+problems = []
+app = by.get(("Deployment", "reports"))
+spec = app["spec"]["template"]["spec"] if app else {}
+tg = [c for c in spec.get("initContainers", []) if c["name"] == "tiergate"]
+if not tg or tg[0].get("restartPolicy") != "Always": problems.append("reports: no native tiergate sidecar")
+if [c["name"] for c in spec.get("containers", [])] != ["reports"]: problems.append("reports: its own container changed")
+vol = {v["name"]: v for v in spec.get("volumes", [])}.get("tiergate-config", {})
+if vol.get("configMap", {}).get("name") != "tiergate-config": problems.append("reports: no tiergate-config volume")
+if tg and {p["name"]: p["containerPort"] for p in tg[0]["ports"]}.get("tiergate-http") != 8081: problems.append("sidecar port tiergate-http must be 8081")
+svc = by.get(("Service", "reports"))
+if not svc or svc["spec"]["ports"][0].get("targetPort") != "tiergate-http": problems.append("Service reports must target tiergate-http")
+worker = by.get(("Deployment", "reports-worker"))
+if not worker or worker["spec"]["template"]["spec"].get("initContainers"): problems.append("reports-worker opted out and must be untouched")
+if ("ConfigMap", "tiergate-config") not in by: problems.append("no ConfigMap tiergate-config")
+for p in problems: print("problem:", p)
+print(f"checked {len(docs)} resources")
+sys.exit(1 if problems else 0)
+EOF
+}
+check "sidecar component on a plain app (k8s/components/sidecar)" sidecar_component
+
 # ------------------------------------------------------------------------------- tiergate config files
-CONFIGS=(k8s/base/config.toml k8s/overlays/staging/config.toml k8s/overlays/production/config.toml)
+CONFIGS=(k8s/base/config.toml k8s/overlays/staging/config.toml k8s/overlays/production/config.toml k8s/components/sidecar/config.toml)
 config_keys() {
     # Every key the k8s configs use is one the configuration reference documents (README.md,
     # <!-- config-reference --> block, commented-out keys included); unknown keys are a startup error.
