@@ -444,6 +444,7 @@ CONTRACT = {
     "tiergate_storage_duration_seconds": "histogram", "tiergate_storage_errors_total": "counter",
     "tiergate_storage_fallback": "gauge", "tiergate_inflight_requests": "gauge",
     "tiergate_config_reloads_total": "counter", "tiergate_build_info": "gauge",
+    "tiergate_storage_calls_total": "counter", "tiergate_access_log_dropped_total": "counter",
 }
 allowed = {"up"}
 for name, kind in CONTRACT.items():

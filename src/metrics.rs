@@ -23,6 +23,7 @@ pub const CONFIG_RELOADS: &str = "tiergate_config_reloads_total";
 pub const BUILD_INFO: &str = "tiergate_build_info";
 pub const JWKS_REFRESHES: &str = "tiergate_jwks_refreshes_total";
 pub const ACCESS_LOG_DROPPED: &str = "tiergate_access_log_dropped_total";
+pub const STORAGE_CALLS: &str = "tiergate_storage_calls_total";
 
 /// Tier label for requests that have no tier (exempt, unauthorized, malformed).
 pub const NO_TIER: &str = "none";
@@ -139,6 +140,11 @@ fn describe() {
     metrics::describe_counter!(CONFIG_RELOADS, Unit::Count, "Configuration reloads by result (success, error).");
     metrics::describe_gauge!(BUILD_INFO, "Always 1; the version label names the running build.");
     metrics::describe_counter!(JWKS_REFRESHES, Unit::Count, "Fetches of identity.jwks_url by result (success, error).");
+    metrics::describe_counter!(
+        STORAGE_CALLS,
+        Unit::Count,
+        "Round trips to the limit store by op (decide, reserve, return, release, renew, tier, quota, reset)."
+    );
     metrics::describe_counter!(
         ACCESS_LOG_DROPPED,
         Unit::Count,

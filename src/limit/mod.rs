@@ -335,6 +335,23 @@ pub struct Limiter {
     negative: NegativeCache,
     timeout: Duration,
     duration: metrics::Histogram,
+    /// `tiergate_storage_calls_total{op}`: one per round trip to the Redis store.
+    calls: StoreCalls,
+}
+
+/// The round-trip counters, one per `op`, resolved once.
+struct StoreCalls {
+    decide: metrics::Counter,
+    quota: metrics::Counter,
+    tier: metrics::Counter,
+    reset: metrics::Counter,
+}
+
+impl StoreCalls {
+    fn new() -> StoreCalls {
+        let op = |op: &'static str| metrics::counter!(crate::metrics::STORAGE_CALLS, "op" => op);
+        StoreCalls { decide: op("decide"), quota: op("quota"), tier: op("tier"), reset: op("reset") }
+    }
 }
 
 impl Limiter {
@@ -350,6 +367,7 @@ impl Limiter {
             negative: NegativeCache::default(),
             timeout,
             duration: metrics::histogram!(crate::metrics::STORAGE_DURATION),
+            calls: StoreCalls::new(),
         }
     }
 
@@ -386,6 +404,7 @@ impl Limiter {
             return self.degraded(key, fallback, on_error);
         };
         let started = std::time::Instant::now();
+        self.calls.decide.increment(1);
         let result = tokio::time::timeout(self.timeout, redis.decide(key, plan, true)).await;
         self.duration.record(started.elapsed().as_secs_f64());
         match settle(permit, result) {
@@ -413,6 +432,7 @@ impl Limiter {
     pub async fn peek(&self, key: &IdentityKey, plan: &Plan) -> Result<Decision, StoreUnavailable> {
         let Store::Redis(redis) = &self.store else { return Ok(self.local.peek(key, plan)) };
         let permit = self.breaker.allow().ok_or(StoreUnavailable)?;
+        self.calls.quota.increment(1);
         settle(permit, tokio::time::timeout(self.timeout, redis.decide(key, plan, false)).await)
     }
 
@@ -422,6 +442,7 @@ impl Limiter {
     pub async fn tier_override(&self, user: &str) -> Result<Option<String>, StoreUnavailable> {
         let Store::Redis(redis) = &self.store else { return Ok(None) };
         let permit = self.breaker.allow().ok_or(StoreUnavailable)?;
+        self.calls.tier.increment(1);
         settle(permit, tokio::time::timeout(self.timeout, redis.tier_override(user)).await)
     }
 
@@ -432,6 +453,7 @@ impl Limiter {
         self.local.reset(key, plan);
         let Store::Redis(redis) = &self.store else { return Ok(()) };
         let permit = self.breaker.allow().ok_or(StoreUnavailable)?;
+        self.calls.reset.increment(1);
         let done = settle(permit, tokio::time::timeout(self.timeout, redis.reset(key, plan)).await);
         // A refusal remembered while the DEL was in flight would outlive the reset.
         self.negative.forget(key);

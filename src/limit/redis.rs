@@ -342,6 +342,7 @@ impl RedisStore {
 
 /// Removes released leases, batching whatever has queued up.
 async fn release_task(conn: Arc<ArcSwapOption<Conn>>, mut releases: mpsc::UnboundedReceiver<(String, String)>) {
+    let calls = metrics::counter!(crate::metrics::STORAGE_CALLS, "op" => "release");
     let mut batch: HashMap<String, Vec<String>> = HashMap::new();
     while let Some((key, member)) = releases.recv().await {
         batch.entry(key).or_default().push(member);
@@ -356,6 +357,7 @@ async fn release_task(conn: Arc<ArcSwapOption<Conn>>, mut releases: mpsc::Unboun
         for (key, members) in batch.drain() {
             let mut cmd = redis::cmd("ZREM");
             cmd.arg(&key).arg(&members);
+            calls.increment(1);
             let released = tokio::time::timeout(Duration::from_secs(1), c.query::<i64>(&cmd)).await;
             if !matches!(released, Ok(Ok(_))) {
                 tracing::debug!(key, "lease release failed; it will expire by its TTL");
@@ -372,6 +374,7 @@ async fn renew_task(
     offset: Arc<AtomicI64>,
 ) {
     let script = redis::Script::new(RENEW);
+    let calls = metrics::counter!(crate::metrics::STORAGE_CALLS, "op" => "renew");
     let mut tick = tokio::time::interval(Duration::from_millis((ttl_ms / 3).max(100)));
     loop {
         tick.tick().await;
@@ -386,6 +389,7 @@ async fn renew_task(
         for (key, members) in live {
             let mut inv = script.key(&key);
             inv.arg(offset.load(Ordering::Relaxed)).arg(ttl_ms).arg(&members);
+            calls.increment(1);
             if !matches!(tokio::time::timeout(Duration::from_secs(1), c.invoke::<i64>(&inv)).await, Ok(Ok(_))) {
                 tracing::debug!(key, "lease renewal failed");
             }
