@@ -16,6 +16,13 @@ if ! command -v redis-server >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive need_root apt-get install -y -qq redis-server >/dev/null
 fi
 # The packaged service is not needed: tests start their own redis-server processes on free ports.
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "test.sh: installing chromium (Debian package; the status page is tested in a headless browser)"
+  DEBIAN_FRONTEND=noninteractive need_root apt-get install -y -qq chromium >/dev/null 2>&1 || {
+    need_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive need_root apt-get install -y -qq chromium >/dev/null
+  }
+fi
 
 echo "test.sh: cargo fmt --check"
 cargo fmt --all -- --check

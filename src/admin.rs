@@ -79,6 +79,7 @@ async fn respond(op: &Operator, peer: SocketAddr, req: &Request<Incoming>) -> Re
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
             resp
         }
+        "/" => status_page(op),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if op.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
@@ -169,6 +170,52 @@ async fn limits(op: &Operator, peer: SocketAddr, req: &Request<Incoming>, rest: 
         body.insert("reset".into(), serde_json::Value::Bool(true));
     }
     json_response(StatusCode::OK, &serde_json::Value::Object(body))
+}
+
+/// The status page: one self-contained HTML file (no external assets) that refreshes itself from
+/// `/metrics` and `/limits/top`; the loaded config's tier table is filled in here.
+const STATUS_PAGE: &str = include_str!("status.html");
+
+fn status_page(op: &Operator) -> Response<ProxyBody> {
+    let snap = op.snapshot.load();
+    let escape = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let mut rows = String::new();
+    for tier in &snap.tiers {
+        let plan = &tier.quota_plan;
+        if plan.windows.is_empty() && plan.concurrency.is_none() {
+            rows.push_str(&format!(
+                "<tr><td>{}</td><td class=\"l\">unlimited</td><td></td><td></td></tr>\n",
+                escape(&tier.name)
+            ));
+        }
+        for w in &plan.windows {
+            rows.push_str(&format!(
+                "<tr><td>{}</td><td class=\"l\">{}</td><td>{}</td><td>{}</td></tr>\n",
+                escape(&tier.name),
+                escape(&w.name),
+                w.limit,
+                crate::config::format_duration(std::time::Duration::from_millis(w.window_ms))
+            ));
+        }
+        if let Some(c) = plan.concurrency {
+            rows.push_str(&format!(
+                "<tr><td>{}</td><td class=\"l\">concurrent</td><td>{c}</td><td>in flight</td></tr>\n",
+                escape(&tier.name)
+            ));
+        }
+    }
+    let mut resp = Response::new(ProxyBody::bytes(STATUS_PAGE.replace("<!--TIERS-->", &rows)));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // Self-contained: scripts and styles from the page itself, data from this origin only.
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+        ),
+    );
+    resp
 }
 
 /// `Authorization: Bearer <expected>`, compared in constant time.
