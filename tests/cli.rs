@@ -148,18 +148,8 @@ async fn token_mints_what_the_proxy_accepts() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("JWT_SECRET_KEY"));
 }
 
-/// Kills the child when the test ends, pass or fail.
-struct Child(std::process::Child);
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn demo_prints_tokens_that_work() {
-    let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let (port, admin) = (free_port(), free_port());
     let mut child = Child(
         tiergate()

@@ -109,19 +109,6 @@ async fn a_configmap_symlink_swap_is_picked_up() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Kills the child when the test ends, pass or fail.
-struct Child(std::process::Child);
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 async fn spawn_binary(dir: &std::path::Path, grace: &str) -> (Child, String, String) {
     let upstream = echo().await;
     let (port, admin) = (free_port(), free_port());

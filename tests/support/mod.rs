@@ -87,6 +87,21 @@ prefix = "/health"
 class = "exempt"
 "#;
 
+/// A free TCP port on loopback (bound, read, released: for peers that cannot bind port 0 themselves).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A child process killed when the test ends, pass or fail.
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A fresh scratch directory for one test.
 pub fn scratch(tag: &str) -> std::path::PathBuf {
     static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

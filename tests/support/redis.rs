@@ -9,10 +9,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn scratch_dir(tag: &str) -> PathBuf {
     super::scratch(&format!("redis-{tag}"))
 }
@@ -26,7 +22,7 @@ pub struct RedisServer {
     child: Option<Child>,
 }
 
-use super::fixture;
+use super::{fixture, free_port};
 
 impl RedisServer {
     pub fn start() -> RedisServer {
