@@ -36,3 +36,5 @@ echo "test.sh: deployment assets (Dockerfile, k8s/, monitoring/)"
 TIERGATE_BIN=target/debug/tiergate ./scripts/check-deploy.sh
 echo "test.sh: k6 smoke test against tiergate demo (+ promtool check metrics on its live scrape)"
 TIERGATE_BIN=target/debug/tiergate ./scripts/k6-smoke.sh
+echo "test.sh: 60 s soak on the Redis store (scripts/soak.sh: RSS, descriptors, key TTLs)"
+DURATION="${SOAK_SECONDS:-60}" TIERGATE_BIN=target/debug/tiergate ./scripts/soak.sh

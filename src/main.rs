@@ -81,6 +81,11 @@ enum Command {
         #[command(subcommand)]
         action: LimitsAction,
     },
+    /// Only the built-in echo upstream (what the demo and the tests use), for load tests and soaks.
+    Echo {
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        listen: SocketAddr,
+    },
     /// tiergate in front of a built-in echo upstream, with tokens and curl lines to try.
     Demo {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -132,6 +137,12 @@ fn main() -> ExitCode {
         Command::Limits { action: LimitsAction::Reset { key, admin, tier } } => operate(cli.workers, async move {
             let token = std::env::var("TIERGATE_ADMIN_TOKEN").ok();
             tiergate::cli::limits_reset(&admin, &key, tier.as_deref(), token.as_deref()).await
+        }),
+        Command::Echo { listen } => operate(cli.workers, async move {
+            let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            tiergate::demo::spawn_echo(listener);
+            let _ = tokio::signal::ctrl_c().await;
+            Ok(String::new())
         }),
         Command::Demo { listen, admin_listen } => {
             init_logging("warn");
