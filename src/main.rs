@@ -139,7 +139,8 @@ fn main() -> ExitCode {
             tiergate::cli::limits_reset(&admin, &key, tier.as_deref(), token.as_deref()).await
         }),
         Command::Echo { listen } => operate(cli.workers, async move {
-            let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            let listener =
+                tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
             tiergate::demo::spawn_echo(listener);
             let _ = tokio::signal::ctrl_c().await;
             Ok(String::new())

@@ -419,10 +419,16 @@ impl AccessEntry {
     }
 }
 
-/// Tiers fetched from Redis, per user, for `tier_cache_ttl` (bounded).
-#[derive(Default)]
+/// Tiers fetched from Redis, per user, for `tier_cache_ttl`: bounded, evicting the least useful
+/// entries when full (never all at once).
 pub struct TierCache {
-    map: dashmap::DashMap<Arc<str>, (Option<Arc<str>>, Instant)>,
+    map: quick_cache::sync::Cache<Arc<str>, (Option<Arc<str>>, Instant)>,
+}
+
+impl Default for TierCache {
+    fn default() -> Self {
+        TierCache { map: quick_cache::sync::Cache::new(Self::CAPACITY) }
+    }
 }
 
 impl TierCache {
@@ -430,14 +436,11 @@ impl TierCache {
 
     /// `Some(tier or None)`: a fresh answer is cached (a stored miss counts as an answer).
     fn get(&self, user: &Arc<str>, ttl: std::time::Duration) -> Option<Option<Arc<str>>> {
-        let hit = self.map.get(user)?;
-        (hit.1.elapsed() < ttl).then(|| hit.0.clone())
+        let (tier, at) = self.map.get(user)?;
+        (at.elapsed() < ttl).then_some(tier)
     }
 
     fn put(&self, user: &Arc<str>, tier: Option<Arc<str>>) {
-        if self.map.len() >= Self::CAPACITY {
-            self.map.clear();
-        }
         self.map.insert(Arc::clone(user), (tier, Instant::now()));
     }
 }

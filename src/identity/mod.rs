@@ -20,14 +20,27 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dashmap::DashMap;
 use http::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
 use jsonwebtoken::Algorithm;
 use serde_json::Value;
 
-/// Verified tokens kept at most (each entry: the token text and a few words).
-const TOKEN_CACHE_CAPACITY: usize = 100_000;
+/// The verified-token cache's bound, in bytes (token text plus [`ENTRY_OVERHEAD`] per entry), and the
+/// number of entries it is sized for.
+const TOKEN_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+const TOKEN_CACHE_ENTRIES: usize = 100_000;
+/// What one cached identity costs besides its token text (the identity, the index, the cache's own).
+const ENTRY_OVERHEAD: u64 = 160;
+
+/// Weighs a cached token by the memory it holds.
+#[derive(Clone)]
+struct TokenWeight;
+
+impl quick_cache::Weighter<Box<str>, Cached> for TokenWeight {
+    fn weight(&self, key: &Box<str>, _: &Cached) -> u64 {
+        key.len() as u64 + ENTRY_OVERHEAD
+    }
+}
 
 /// Who is counted: a verified user, or a client address.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -170,7 +183,7 @@ pub struct Verifier {
     pub keys: Vec<VerifyKey>,
     /// Keys fetched from `jwks_url`, refreshed in the background.
     pub remote: Option<Arc<RemoteKeys>>,
-    cache: DashMap<Box<str>, Cached>,
+    cache: quick_cache::sync::Cache<Box<str>, Cached, TokenWeight>,
     rejected: RejectedTokens,
 }
 
@@ -183,7 +196,8 @@ struct Cached {
 
 impl Verifier {
     pub fn new(rules: IdentityRules, keys: Vec<VerifyKey>, remote: Option<Arc<RemoteKeys>>) -> Verifier {
-        Verifier { rules, keys, remote, cache: DashMap::new(), rejected: RejectedTokens::default() }
+        let cache = quick_cache::sync::Cache::with_weighter(TOKEN_CACHE_ENTRIES, TOKEN_CACHE_BYTES, TokenWeight);
+        Verifier { rules, keys, remote, cache, rejected: RejectedTokens::default() }
     }
 
     /// Tokens remembered as rejected (for tests and the operator's view).
@@ -266,12 +280,7 @@ impl Verifier {
             }
         };
         let valid_until = exp.saturating_add(self.rules.leeway.as_secs());
-        if self.cache.len() >= TOKEN_CACHE_CAPACITY {
-            self.cache.retain(|_, c| c.valid_until >= now);
-            if self.cache.len() >= TOKEN_CACHE_CAPACITY {
-                self.cache.clear();
-            }
-        }
+        // Bounded by bytes; a full cache evicts the least useful entries (S3-FIFO), never all at once.
         self.cache.insert(token.into(), Cached { identity: identity.clone(), valid_until });
         Ok(identity)
     }

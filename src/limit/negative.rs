@@ -9,16 +9,20 @@
 
 use std::sync::Arc;
 
-use dashmap::DashMap;
-
 use super::{Decision, IdentityKey, Plan};
 
-/// Identities remembered at most; past it, expired entries are dropped, then everything.
+/// Identities remembered at most; past it the least useful entries are evicted (S3-FIFO), never all
+/// at once. An evicted refusal only costs one more store call.
 const CAPACITY: usize = 100_000;
 
-#[derive(Default)]
 pub struct NegativeCache {
-    map: DashMap<IdentityKey, Vec<Refusal>>,
+    map: quick_cache::sync::Cache<IdentityKey, Vec<Refusal>>,
+}
+
+impl Default for NegativeCache {
+    fn default() -> Self {
+        NegativeCache { map: quick_cache::sync::Cache::new(CAPACITY) }
+    }
 }
 
 #[derive(Clone)]
@@ -59,13 +63,7 @@ impl NegativeCache {
         if d.allowed || d.window_retry.is_empty() {
             return;
         }
-        if self.map.len() >= CAPACITY {
-            self.sweep(now_ms);
-            if self.map.len() >= CAPACITY {
-                self.map.clear();
-            }
-        }
-        let mut entry = self.map.entry(key.clone()).or_default();
+        let mut entry = self.map.get(key).unwrap_or_default();
         entry.retain(|r| r.until_ms > now_ms);
         for &(i, retry_at_ms) in &d.window_retry {
             let Some(spec) = plan.windows.get(i as usize) else { continue };
@@ -78,6 +76,7 @@ impl NegativeCache {
                 until_ms,
             });
         }
+        self.map.insert(key.clone(), entry);
     }
 
     /// Forgets every refusal of `key` (its counters were reset).
@@ -87,10 +86,7 @@ impl NegativeCache {
 
     /// Drops what has expired.
     pub fn sweep(&self, now_ms: u64) {
-        self.map.retain(|_, v| {
-            v.retain(|r| r.until_ms > now_ms);
-            !v.is_empty()
-        });
+        self.map.retain(|_, v| v.iter().any(|r| r.until_ms > now_ms));
     }
 
     pub fn len(&self) -> usize {
