@@ -260,13 +260,7 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Proxy
 }
 
 fn problem(status: StatusCode, detail: &str) -> Response<ProxyBody> {
-    let body = json!({
-        "type": "about:blank",
-        "title": status.canonical_reason().unwrap_or("Error"),
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    let mut resp = json_response(status, &body);
+    let mut resp = json_response(status, &crate::error::problem(status, detail));
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
     resp
 }

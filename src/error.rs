@@ -130,7 +130,8 @@ impl ProxyError {
     }
 }
 
-fn problem(status: StatusCode, detail: &str) -> serde_json::Value {
+/// An RFC 9457 body with no members beyond type/title/status/detail (the admin port uses it too).
+pub fn problem(status: StatusCode, detail: &str) -> serde_json::Value {
     json!({
         "type": "about:blank",
         "title": status.canonical_reason().unwrap_or("Error"),

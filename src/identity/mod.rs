@@ -108,7 +108,7 @@ impl Rejection {
 }
 
 /// Tokens rejected recently, by a keyed hash of their text: bounded, evicted by S3-FIFO (never
-/// cleared all at once), each entry trusted for [`REJECTED_TTL`] and only while the remote key set
+/// cleared all at once), each entry trusted for [`REJECTED_TTL_SECS`] and only while the remote key set
 /// it was checked against is still the current one.
 pub struct RejectedTokens {
     hasher: std::hash::RandomState,
