@@ -343,6 +343,9 @@ async fn top_redraws_under_a_terminal_and_exits_on_sigint() {
     let mut child = Child(
         Command::new("script")
             .args(["-qfec", &command, "/dev/null"])
+            // `script` runs the command through $SHELL; dash (CI's /bin/sh) stays as a parent,
+            // bash execs. Pin the shell so the test sees the same tree everywhere.
+            .env("SHELL", "/bin/sh")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -356,12 +359,14 @@ async fn top_redraws_under_a_terminal_and_exits_on_sigint() {
         String::from_utf8_lossy(&all).into_owned()
     });
     tokio::time::sleep(Duration::from_millis(4_800)).await;
-    // SIGINT to tiergate itself (the terminal's Ctrl-C).
-    let pids = Command::new("pgrep").args(["-f", &format!("top --admin {}", gate.admin)]).output().unwrap();
-    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
-        if pid.parse::<u32>().ok() != Some(child.0.id()) {
-            let _ = Command::new("kill").args(["-INT", pid]).status();
-        }
+    // SIGINT to tiergate itself (the terminal's Ctrl-C), not to `script` or the shell between:
+    // only tiergate's command line starts with the binary's path.
+    let pattern = format!("^{bin} top --admin {}", gate.admin);
+    let pids = Command::new("pgrep").args(["-f", &pattern]).output().unwrap();
+    let pids: Vec<String> = String::from_utf8_lossy(&pids.stdout).split_whitespace().map(str::to_owned).collect();
+    assert_eq!(pids.len(), 1, "exactly one tiergate top process: {pids:?}");
+    for pid in &pids {
+        let _ = Command::new("kill").args(["-INT", pid]).status();
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     let status = loop {
