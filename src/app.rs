@@ -96,12 +96,6 @@ pub async fn start_with(snapshot: Snapshot, clock: Clock, access: AccessLog) -> 
     };
     let client = crate::forward::client(startup.upstream_ca_file.as_deref())
         .map_err(|e| crate::config::ConfigErrors(vec![format!("server.upstream_ca_file: {e}")]))?;
-    if snapshot.quota_batch > 0 {
-        tracing::warn!(
-            quota_batch = snapshot.quota_batch,
-            "storage.quota_batch: reservations are not built yet; every limited request asks the store (limits stay exact)"
-        );
-    }
     if snapshot.admin_token.is_none() {
         let env = &snapshot.admin_token_env;
         if env.is_empty() {
@@ -154,6 +148,20 @@ pub async fn start_with(snapshot: Snapshot, clock: Clock, access: AccessLog) -> 
             }
         }
     });
+    // Quota batching: ended reservations go back, and idle pooled slots are released, within a
+    // quarter of quota_batch_ttl of ending (the TTL is read per tick: a reload may change it).
+    let returner = Arc::clone(&proxy);
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        loop {
+            let batching = returner.snapshot.load().quota_batch;
+            let every = (batching.ttl / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(every) => returner.limiter.return_expired(batching, false).await,
+            }
+        }
+    });
     tracing::info!(%addr, %admin_addr, "tiergate listening");
     Ok(App { addr, admin_addr, proxy, shutdown, admin_stop, connections, tasks })
 }
@@ -188,6 +196,13 @@ impl App {
         let drained = tokio::time::timeout(grace, everything).await.is_ok();
         if !drained {
             tracing::warn!(?grace, "shutdown grace elapsed with requests still in flight");
+        }
+        // Every reservation ends at drain: its unspent units and idle slots go back to Redis.
+        let batching = self.proxy.snapshot.load().quota_batch;
+        let held = self.proxy.limiter.reserved_units();
+        self.proxy.limiter.return_expired(batching, true).await;
+        if held > 0 {
+            tracing::info!(units = held, "reserved units returned at drain");
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.tasks.wait()).await;
         drained

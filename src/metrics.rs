@@ -24,6 +24,7 @@ pub const BUILD_INFO: &str = "tiergate_build_info";
 pub const JWKS_REFRESHES: &str = "tiergate_jwks_refreshes_total";
 pub const ACCESS_LOG_DROPPED: &str = "tiergate_access_log_dropped_total";
 pub const STORAGE_CALLS: &str = "tiergate_storage_calls_total";
+pub const QUOTA_UNITS: &str = "tiergate_quota_units_total";
 
 /// Tier label for requests that have no tier (exempt, unauthorized, malformed).
 pub const NO_TIER: &str = "none";
@@ -144,6 +145,11 @@ fn describe() {
         STORAGE_CALLS,
         Unit::Count,
         "Round trips to the limit store by op (decide, reserve, return, release, renew, tier, quota, reset)."
+    );
+    metrics::describe_counter!(
+        QUOTA_UNITS,
+        Unit::Count,
+        "Quota batching: units reserved in Redis, spent from a reservation with no store call, returned, or lost (a failed return or a dead connection)."
     );
     metrics::describe_counter!(
         ACCESS_LOG_DROPPED,

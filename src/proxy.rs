@@ -233,7 +233,7 @@ impl Proxy {
                 let fallback = tier.fallback_plan(route.class);
                 let mut decision = self
                     .limiter
-                    .check(&identity.key, plan, fallback, route.on_error)
+                    .check(&identity.key, plan, fallback, route.on_error, snap.quota_batch)
                     .await
                     .map_err(|_| ProxyError::StorageUnavailable)?;
                 lease = decision.lease.take();

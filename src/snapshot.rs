@@ -142,8 +142,8 @@ pub struct Snapshot {
     pub key_files: Vec<PathBuf>,
     /// Which responses get an access-log line (`log.access`).
     pub access: AccessMode,
-    /// `storage.quota_batch` as configured (reservations are not built yet: see `app.rs`).
-    pub quota_batch: u64,
+    /// `storage.quota_batch` and `quota_batch_ttl`; off for the memory store.
+    pub quota_batch: crate::limit::Batching,
     /// The admin port's bearer token for its write endpoints (from `server.admin_token_env`);
     /// `None`: the admin port is read-only.
     pub admin_token: Option<String>,
@@ -278,7 +278,12 @@ impl Snapshot {
                 .and_then(|name| secrets.get(name))
                 .filter(|token| !token.is_empty()),
             admin_token_env: config.server.admin_token_env.clone(),
-            quota_batch: config.storage.quota_batch,
+            quota_batch: match config.storage.backend {
+                crate::config::Backend::Redis => {
+                    crate::limit::Batching { size: config.storage.quota_batch, ttl: config.storage.quota_batch_ttl }
+                }
+                _ => crate::limit::Batching::OFF,
+            },
         })
     }
 

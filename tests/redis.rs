@@ -478,7 +478,11 @@ async fn switching_algorithms_reuses_keys_without_errors() {
             concurrency: None,
         };
         for _ in 0..3 {
-            let d = store.decide(&key, &plan, true).await.unwrap_or_else(|e| panic!("{algorithm:?}: {e}"));
+            let d = store
+                .decide(&key, &plan, true, tiergate::limit::Ask::default())
+                .await
+                .unwrap_or_else(|e| panic!("{algorithm:?}: {e}"))
+                .0;
             assert!(d.allowed);
         }
     }
@@ -514,7 +518,7 @@ async fn lua_script_matches_the_memory_model() {
             for step in 0..300 {
                 offset += (next() % (short / 3)) as i64;
                 store.set_time_offset_ms(offset);
-                let d = store.decide(&key, &plan, true).await.unwrap();
+                let d = store.decide(&key, &plan, true, tiergate::limit::Ask::default()).await.unwrap().0;
                 if let Clock::Manual(t) = &clock {
                     t.store(d.now_ms, std::sync::atomic::Ordering::Relaxed);
                 }

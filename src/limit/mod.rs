@@ -8,7 +8,12 @@
 //!
 //! Admission is all-or-nothing: every window and the concurrency cap are checked under one lock, and
 //! only if all have room is anything consumed. A refused request consumes nothing.
+//!
+//! With quota batching on (Redis only), the limiter first spends from this replica's reservation
+//! ([`batch`]) and its pool of idle concurrency slots, and asks Redis only when either is empty; that
+//! round trip decides the request and reserves the next units in one script call.
 
+pub mod batch;
 pub mod breaker;
 pub mod local;
 pub mod negative;
@@ -20,10 +25,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use crate::identity::IdentityKey;
 pub use crate::route::OnError;
+pub use batch::Batching;
 pub use breaker::Breaker;
 pub use local::{LocalLease, LocalLimiter};
 pub use negative::NegativeCache;
-pub use redis::{RedisLease, RedisStore, RedisTarget};
+pub use redis::{Ask, RedisLease, RedisStore, RedisTarget};
 
 /// How a window counts (`storage.algorithm`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +121,19 @@ impl Plan {
     /// Nothing to count: no store call at all.
     pub fn is_unlimited(&self) -> bool {
         self.windows.is_empty() && self.concurrency.is_none()
+    }
+
+    /// Tells plans apart by what they count (algorithm, windows, cap): a reservation taken under one
+    /// plan is only spent under the same one, across reloads too.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (self.algorithm as u8).hash(&mut h);
+        for w in &self.windows {
+            (&*w.name, w.limit, w.window_ms).hash(&mut h);
+        }
+        self.concurrency.hash(&mut h);
+        h.finish()
     }
 }
 
@@ -337,11 +356,16 @@ pub struct Limiter {
     duration: metrics::Histogram,
     /// `tiergate_storage_calls_total{op}`: one per round trip to the Redis store.
     calls: StoreCalls,
+    /// Quota batching: this replica's reservations, and returns waiting for the next batch.
+    book: batch::Book,
+    pending: std::sync::Mutex<Vec<batch::GiveBack>>,
+    units: UnitCounters,
 }
 
 /// The round-trip counters, one per `op`, resolved once.
 struct StoreCalls {
     decide: metrics::Counter,
+    reserve: metrics::Counter,
     quota: metrics::Counter,
     tier: metrics::Counter,
     reset: metrics::Counter,
@@ -350,7 +374,33 @@ struct StoreCalls {
 impl StoreCalls {
     fn new() -> StoreCalls {
         let op = |op: &'static str| metrics::counter!(crate::metrics::STORAGE_CALLS, "op" => op);
-        StoreCalls { decide: op("decide"), quota: op("quota"), tier: op("tier"), reset: op("reset") }
+        StoreCalls {
+            decide: op("decide"),
+            reserve: op("reserve"),
+            quota: op("quota"),
+            tier: op("tier"),
+            reset: op("reset"),
+        }
+    }
+}
+
+/// `tiergate_quota_units_total{event}`: what quota batching did with reserved units.
+struct UnitCounters {
+    reserved: metrics::Counter,
+    spent: metrics::Counter,
+    returned: metrics::Counter,
+    lost: metrics::Counter,
+}
+
+impl UnitCounters {
+    fn new() -> UnitCounters {
+        let event = |e: &'static str| metrics::counter!(crate::metrics::QUOTA_UNITS, "event" => e);
+        UnitCounters {
+            reserved: event("reserved"),
+            spent: event("spent"),
+            returned: event("returned"),
+            lost: event("lost"),
+        }
     }
 }
 
@@ -368,6 +418,9 @@ impl Limiter {
             timeout,
             duration: metrics::histogram!(crate::metrics::STORAGE_DURATION),
             calls: StoreCalls::new(),
+            book: batch::Book::default(),
+            pending: std::sync::Mutex::new(Vec::new()),
+            units: UnitCounters::new(),
         }
     }
 
@@ -383,13 +436,15 @@ impl Limiter {
         &self.negative
     }
 
-    /// Decides one request. `fallback` is the plan with limits divided by `local_share_divisor`.
+    /// Decides one request. `fallback` is the plan with limits divided by `local_share_divisor`;
+    /// `batching` is `storage.quota_batch` (it only applies to the Redis store).
     pub async fn check(
         &self,
         key: &IdentityKey,
         plan: &Plan,
         fallback: &Plan,
         on_error: OnError,
+        batching: Batching,
     ) -> Result<Decision, StoreUnavailable> {
         let Store::Redis(redis) = &self.store else {
             let started = std::time::Instant::now();
@@ -397,22 +452,210 @@ impl Limiter {
             self.duration.record(started.elapsed().as_secs_f64());
             return Ok(d);
         };
-        if let Some(d) = self.negative.refuse(key, plan, self.local.clock().now_ms()) {
+        let now = self.local.clock().now_ms();
+        if let Some(d) = self.negative.refuse(key, plan, now) {
             return Ok(d);
+        }
+        if batching.is_on() {
+            return self.check_batched(redis, key, plan, fallback, on_error, batching, now).await;
         }
         let Some(permit) = self.breaker.allow() else {
             return self.degraded(key, fallback, on_error);
         };
         let started = std::time::Instant::now();
         self.calls.decide.increment(1);
-        let result = tokio::time::timeout(self.timeout, redis.decide(key, plan, true)).await;
+        let result = tokio::time::timeout(self.timeout, redis.decide(key, plan, true, Ask::default())).await;
         self.duration.record(started.elapsed().as_secs_f64());
         match settle(permit, result) {
-            Ok(d) => {
-                self.negative.remember(key, plan, &d, self.local.clock().now_ms());
+            Ok((d, _)) => {
+                self.negative.remember(key, plan, &d, self.local.clock().now_ms(), u64::MAX);
                 Ok(d)
             }
             Err(StoreUnavailable) => self.degraded(key, fallback, on_error),
+        }
+    }
+
+    /// [`Limiter::check`] with quota batching: the rate unit from this replica's reservation and the
+    /// slot from its pool when both have one (no store call); otherwise one round trip that decides
+    /// the request, gives back the caller's ended reservation, and reserves the next one.
+    #[allow(clippy::too_many_arguments, reason = "check's arguments plus the store and the time it read")]
+    async fn check_batched(
+        &self,
+        redis: &RedisStore,
+        key: &IdentityKey,
+        plan: &Plan,
+        fallback: &Plan,
+        on_error: OnError,
+        batching: Batching,
+        now: u64,
+    ) -> Result<Decision, StoreUnavailable> {
+        let take = if plan.windows.is_empty() {
+            batch::Take::Spent { binding: None, store_now_ms: now, back: Vec::new() }
+        } else {
+            self.book.take(key, plan, batching, now)
+        };
+        let pooled = plan.concurrency.and_then(|_| redis.pooled_slot(key));
+        let slot_local = plan.concurrency.is_none() || pooled.is_some();
+        let (rate_local, local_binding, want, mut back) = match take {
+            batch::Take::Spent { binding, store_now_ms, back } => {
+                self.queue(back);
+                if slot_local {
+                    if !plan.windows.is_empty() {
+                        self.units.spent.increment(1);
+                    }
+                    return Ok(Decision {
+                        now_ms: store_now_ms,
+                        allowed: true,
+                        binding,
+                        lease: pooled,
+                        ..Decision::default()
+                    });
+                }
+                (true, binding, 0, None)
+            }
+            batch::Take::Ask { want, mut back } => {
+                // The first ended reservation rides along with the call; any others wait for the returner.
+                let first = (!back.is_empty()).then(|| back.remove(0));
+                self.queue(back);
+                (false, None, want, first)
+            }
+        };
+        let slots = if slot_local { 0 } else { batching.size.saturating_sub(1).min(redis.held_slots(key)) };
+        let ask = Ask {
+            skip_windows: rate_local,
+            skip_slot: slot_local,
+            units: want,
+            slots,
+            back: back.as_ref().map(|b| (b.units, b.anchor_ms)),
+            pool: true,
+        };
+        let undo = || {
+            if rate_local && !plan.windows.is_empty() {
+                self.book.unspend(key, plan, batching, now);
+            }
+        };
+        let asked = want > 0;
+        let Some(permit) = self.breaker.allow() else {
+            undo();
+            if asked {
+                self.book.settled(key, plan);
+            }
+            // Nothing was sent: the ended reservation still waits to go back.
+            self.queue(back.take());
+            return self.degraded(key, fallback, on_error);
+        };
+        let started = std::time::Instant::now();
+        self.calls.reserve.increment(1);
+        let result = tokio::time::timeout(self.timeout, redis.decide(key, plan, true, ask)).await;
+        self.duration.record(started.elapsed().as_secs_f64());
+        let disconnected = matches!(&result, Ok(Err(e)) if e.kind() == "connect");
+        match settle(permit, result) {
+            Ok((mut d, granted)) => {
+                if let Some(b) = &back {
+                    self.units.returned.increment(b.units);
+                }
+                if rate_local {
+                    if d.allowed {
+                        d.binding = local_binding;
+                    } else {
+                        undo();
+                    }
+                } else if d.allowed {
+                    self.units.reserved.increment(granted.units);
+                    let overflow = self.book.install(key, plan, batching, now, granted.units, d.now_ms, d.binding);
+                    self.queue(overflow);
+                } else {
+                    if asked {
+                        self.book.settled(key, plan);
+                    }
+                    // Other replicas' reservations may be all that fills the window: remembered for a
+                    // quarter TTL at most (see `batch` for the whole bound).
+                    self.negative.remember(key, plan, &d, now, batching.ttl_ms() / 4);
+                }
+                if d.allowed && pooled.is_some() {
+                    d.lease = pooled;
+                }
+                Ok(d)
+            }
+            Err(StoreUnavailable) => {
+                undo();
+                if asked {
+                    self.book.settled(key, plan);
+                }
+                if let Some(b) = back {
+                    // Sent, outcome unknown: returning it again could count it back twice.
+                    self.units.lost.increment(b.units);
+                }
+                if disconnected {
+                    self.forfeit_all();
+                }
+                self.degraded(key, fallback, on_error)
+            }
+        }
+    }
+
+    fn queue(&self, give_back: impl IntoIterator<Item = batch::GiveBack>) {
+        let mut give_back = give_back.into_iter().peekable();
+        if give_back.peek().is_some()
+            && let Ok(mut pending) = self.pending.lock()
+        {
+            pending.extend(give_back);
+        }
+    }
+
+    /// The connection to Redis broke (it may have restarted and lost its data): reservations taken
+    /// from it are dropped, not spent and not returned.
+    fn forfeit_all(&self) {
+        self.units.lost.increment(self.book.held());
+        self.book.forfeit(None);
+        if let Ok(mut pending) = self.pending.lock() {
+            self.units.lost.increment(pending.iter().map(|g| g.units).sum());
+            pending.clear();
+        }
+    }
+
+    /// Ends expired reservations and gives their unspent units back (with `all`: every reservation,
+    /// at drain), and releases pooled slots idle for `quota_batch_ttl`. Called on a timer.
+    pub async fn return_expired(&self, batching: Batching, all: bool) {
+        let Store::Redis(redis) = &self.store else { return };
+        let mut batch = self.book.collect(batching, self.local.clock().now_ms(), all);
+        if let Ok(mut pending) = self.pending.lock() {
+            batch.append(&mut pending);
+        }
+        redis.release_idle(batching.ttl_ms(), all);
+        if batch.is_empty() {
+            return;
+        }
+        let units: u64 = batch.iter().map(|g| g.units).sum();
+        let deadline = self.timeout.max(Duration::from_millis(500));
+        match tokio::time::timeout(deadline, redis.give_back(&batch)).await {
+            Ok(Ok(_)) => self.units.returned.increment(units),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, units, "returning reserved units failed; they leave with their windows");
+                self.units.lost.increment(units);
+                if e.kind() == "connect" {
+                    self.forfeit_all();
+                }
+            }
+            Err(_) => self.units.lost.increment(units),
+        }
+    }
+
+    /// Reserved units this replica holds right now (quota batching).
+    pub fn reserved_units(&self) -> u64 {
+        self.book.held()
+    }
+
+    /// Units of ended reservations waiting for the returner (quota batching).
+    pub fn returning_units(&self) -> u64 {
+        self.pending.lock().map_or(0, |p| p.iter().map(|g| g.units).sum())
+    }
+
+    /// Idle concurrency slots this replica holds right now (quota batching).
+    pub fn pooled_slots(&self) -> usize {
+        match &self.store {
+            Store::Redis(redis) => redis.idle_slots(),
+            Store::Memory => 0,
         }
     }
 
@@ -433,7 +676,8 @@ impl Limiter {
         let Store::Redis(redis) = &self.store else { return Ok(self.local.peek(key, plan)) };
         let permit = self.breaker.allow().ok_or(StoreUnavailable)?;
         self.calls.quota.increment(1);
-        settle(permit, tokio::time::timeout(self.timeout, redis.decide(key, plan, false)).await)
+        settle(permit, tokio::time::timeout(self.timeout, redis.decide(key, plan, false, Ask::default())).await)
+            .map(|(d, _)| d)
     }
 
     /// The tier stored for a user in Redis (`tier_source = "redis"`): `Ok(None)` when none is stored
@@ -450,6 +694,9 @@ impl Limiter {
     /// in the negative cache; concurrency slots in use are not revoked.
     pub async fn reset(&self, key: &IdentityKey, plan: &Plan) -> Result<(), StoreUnavailable> {
         self.negative.forget(key);
+        // This replica's reservations were counted in the windows the reset clears: returning them
+        // later would take them out of the fresh count.
+        self.book.forfeit(Some(key));
         self.local.reset(key, plan);
         let Store::Redis(redis) = &self.store else { return Ok(()) };
         let permit = self.breaker.allow().ok_or(StoreUnavailable)?;

@@ -58,8 +58,8 @@ impl NegativeCache {
     }
 
     /// Remembers the full windows of a refusal the store just made (`now_ms`: the limiter's clock;
-    /// each window's wait is measured on the store's clock, `d.now_ms`).
-    pub fn remember(&self, key: &IdentityKey, plan: &Plan, d: &Decision, now_ms: u64) {
+    /// each window's wait is measured on the store's clock, `d.now_ms`), for at most `max_ms`.
+    pub fn remember(&self, key: &IdentityKey, plan: &Plan, d: &Decision, now_ms: u64, max_ms: u64) {
         if d.allowed || d.window_retry.is_empty() {
             return;
         }
@@ -67,7 +67,7 @@ impl NegativeCache {
         entry.retain(|r| r.until_ms > now_ms);
         for &(i, retry_at_ms) in &d.window_retry {
             let Some(spec) = plan.windows.get(i as usize) else { continue };
-            let until_ms = now_ms + retry_at_ms.saturating_sub(d.now_ms);
+            let until_ms = now_ms + retry_at_ms.saturating_sub(d.now_ms).min(max_ms);
             entry.retain(|r| *r.name != *spec.name);
             entry.push(Refusal {
                 name: Arc::clone(&spec.name),

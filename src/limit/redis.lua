@@ -7,11 +7,22 @@
 -- ARGV[4]      time offset in ms added to Redis TIME (0 in production; tests move time with it)
 -- ARGV[5]      concurrency cap (-1: none)
 -- ARGV[6]      lease TTL in ms
--- ARGV[7]      lease member (unique per request)
--- ARGV[8..]    per window: limit, window length in ms
+-- ARGV[7]      lease member (unique per request); extra slots get ".1", ".2", … appended
+-- ARGV[8]      quota batching: further units to reserve beyond the request (0: none)
+-- ARGV[9]      quota batching: further concurrency slots to lease beyond the request's (0: none)
+-- ARGV[10]     quota batching: unspent units of this caller's last reservation, given back first
+-- ARGV[11]     the Redis time (ms) of that reservation
+-- ARGV[12..]   per window: limit, window length in ms
 --
--- Returns {allowed, now_ms, concurrency_full, in_flight, then per window: remaining, reset_ms, retry_ms}.
--- The arithmetic mirrors src/limit/local.rs exactly (the test suite compares the two).
+-- Returns {allowed, now_ms, concurrency_full, in_flight, then per window: remaining, reset_ms, retry_ms,
+-- then units reserved, extra slots leased}. Without batching (ARGV[8..11] all 0) the arithmetic mirrors
+-- src/limit/local.rs exactly (the test suite compares the two).
+--
+-- A reservation is taken only when the request is admitted, and is the same k units in every window
+-- (one unit admits one request, which counts in all of them): k = min(ARGV[8], the fewest units any
+-- window has left after this request / 4). A quarter of what is left keeps a replica from taking the
+-- last units of a window other replicas still need, and falls to 0 near the limit, where Redis decides
+-- every request. Extra slots likewise: min(ARGV[9], free slots after this request / 2).
 
 local mode = ARGV[1]
 local alg = tonumber(ARGV[2])
@@ -21,19 +32,35 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber
 local cap = tonumber(ARGV[5])
 local lease_ttl = tonumber(ARGV[6])
 local member = ARGV[7]
+local want_units = tonumber(ARGV[8])
+local want_slots = tonumber(ARGV[9])
+local back_units = tonumber(ARGV[10])
+local back_anchor = tonumber(ARGV[11])
 
 local function fmt(x) return string.format('%.0f', x) end
 
 local vals = {}
 if n > 0 then vals = redis.call('MGET', unpack(KEYS, 1, n)) end
 
+-- A caller's own expired reservation comes back before its next decision (same keys, same call).
+local returned = {}
+if back_units > 0 then
+  for i = 1, n do
+    local nv = give_back(alg, vals[i], back_units, back_anchor, tonumber(ARGV[10 + 2 * i]),
+      tonumber(ARGV[11 + 2 * i]), now)
+    if nv then vals[i] = nv; returned[i] = true end
+  end
+end
+
 local out = {0, now, 0, 0}
 local allowed = true
 local writes = {}
+-- Per window: the units it has left after this request, and how to write k more into it.
+local rooms = {}
 
 for i = 1, n do
-  local limit = tonumber(ARGV[6 + 2 * i])
-  local w = math.max(1, tonumber(ARGV[7 + 2 * i]))
+  local limit = tonumber(ARGV[10 + 2 * i])
+  local w = math.max(1, tonumber(ARGV[11 + 2 * i]))
   local v = vals[i]
   local remaining, reset, retry, ok = 0, 0, 0, false
   if alg == 1 then
@@ -75,17 +102,22 @@ for i = 1, n do
         last_end = tonumber(string.sub(body, start, colon - 1))
         last_count = tonumber(string.sub(body, colon + 1))
       end
-      local tail
+      local prefix
       if last_end and last_end >= bucket_end then
-        tail = fmt(last_end) .. ':' .. fmt(last_count + 1)
+        prefix = head .. fmt(last_end) .. ':'
       elseif last_end then
-        tail = fmt(last_end) .. ':' .. fmt(last_count) .. ',' .. fmt(bucket_end) .. ':1'
+        prefix = head .. fmt(last_end) .. ':' .. fmt(last_count) .. ',' .. fmt(bucket_end) .. ':'
         last_end = bucket_end
+        last_count = 0
       else
-        tail = fmt(bucket_end) .. ':1'
+        prefix = fmt(bucket_end) .. ':'
         last_end = bucket_end
       end
-      writes[#writes + 1] = {KEYS[i], fmt(total + 1) .. '|' .. head .. tail, last_end + w - now}
+      local base_total, base_last, ttl = total, last_count, last_end + w - now
+      rooms[i] = remaining
+      writes[#writes + 1] = {KEYS[i], function(k)
+        return fmt(base_total + 1 + k) .. '|' .. prefix .. fmt(base_last + 1 + k)
+      end, ttl}
     else
       local need = total + 1 - limit
       local dropped = 0
@@ -112,7 +144,10 @@ for i = 1, n do
         ok = true
         remaining = math.min(math.floor((horizon - new_tat) / interval), limit - 1)
         reset = math.ceil(new_tat / 1000)
-        writes[#writes + 1] = {KEYS[i], fmt(new_tat), reset - now + 1}
+        rooms[i] = remaining
+        local base = new_tat
+        writes[#writes + 1] = {KEYS[i], function(k) return fmt(base + k * interval) end,
+          function(k) return math.ceil((base + k * interval) / 1000) - now + 1 end}
       else
         retry = math.ceil((new_tat - w * 1000) / 1000)
         reset = retry
@@ -131,7 +166,10 @@ for i = 1, n do
     if count < limit then
       ok = true
       remaining = limit - count - 1
-      writes[#writes + 1] = {KEYS[i], fmt(start) .. ':' .. fmt(count + 1), window_end - now}
+      rooms[i] = remaining
+      local base = count
+      writes[#writes + 1] = {KEYS[i], function(k) return fmt(start) .. ':' .. fmt(base + 1 + k) end,
+        window_end - now}
     else
       retry = window_end
     end
@@ -154,14 +192,39 @@ if cap >= 0 then
 end
 
 if allowed then out[1] = 1 end
+local k, slots = 0, 0
 if allowed and mode == 'take' then
+  if want_units > 0 and n > 0 then
+    k = want_units
+    for i = 1, n do k = math.min(k, math.floor(rooms[i] / 4)) end
+    if k > 0 then
+      for i = 1, n do
+        out[2 + 3 * i] = out[2 + 3 * i] - k
+        if alg == 2 then out[3 + 3 * i] = writes[i][3](k) - 1 + now end
+      end
+    end
+  end
   for _, wr in ipairs(writes) do
-    redis.call('SET', wr[1], wr[2], 'PX', fmt(math.max(1, wr[3])))
+    local ttl = wr[3]
+    if type(ttl) == 'function' then ttl = ttl(k) end
+    redis.call('SET', wr[1], wr[2](k), 'PX', fmt(math.max(1, ttl)))
   end
   if cap >= 0 then
     local lkey = KEYS[n + 1]
-    redis.call('ZADD', lkey, fmt(now + lease_ttl), member)
+    local exp = fmt(now + lease_ttl)
+    if want_slots > 0 then slots = math.min(want_slots, math.floor((cap - out[4] - 1) / 2)) end
+    local args = {exp, member}
+    for j = 1, slots do args[#args + 1] = exp; args[#args + 1] = member .. '.' .. j end
+    redis.call('ZADD', lkey, unpack(args))
     redis.call('PEXPIRE', lkey, fmt(lease_ttl))
   end
 end
+-- A refused (or peeked) decision writes nothing of its own, but what came back must stay back.
+if not (allowed and mode == 'take') then
+  for i = 1, n do
+    if returned[i] then redis.call('SET', KEYS[i], vals[i], 'KEEPTTL') end
+  end
+end
+out[#out + 1] = k
+out[#out + 1] = slots
 return out

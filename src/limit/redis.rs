@@ -29,7 +29,8 @@ use tokio::sync::mpsc;
 
 use super::{Algorithm, Check, Decision, IdentityKey, Plan, Tally};
 
-const SCRIPT: &str = include_str!("redis.lua");
+const SCRIPT: &str = concat!(include_str!("redis_give_back.lua"), include_str!("redis.lua"));
+const RETURN: &str = concat!(include_str!("redis_give_back.lua"), include_str!("redis_return.lua"));
 
 const RENEW: &str = r"
 local t = redis.call('TIME')
@@ -106,6 +107,7 @@ pub struct RedisTarget {
 pub struct RedisStore {
     conn: Arc<ArcSwapOption<Conn>>,
     script: redis::Script,
+    give_back_script: redis::Script,
     key_prefix: String,
     lease_ttl_ms: u64,
     leases: Arc<LeaseBook>,
@@ -115,18 +117,74 @@ pub struct RedisStore {
     instance: u64,
 }
 
-/// Leases in flight on this replica, for renewal; releases go to a background task.
+/// Leases this replica holds, for renewal: in flight, and (quota batching) idle in the pool, kept
+/// for the caller's next request; releases go to a background task.
 struct LeaseBook {
     live: Mutex<HashMap<String, HashSet<String>>>,
+    /// Lease key → idle members and when each went idle (store clock, ms).
+    idle: Mutex<HashMap<String, Vec<(String, u64)>>>,
     release: mpsc::UnboundedSender<(String, String)>,
+    time_offset_ms: Arc<AtomicI64>,
 }
 
-/// A concurrency slot in Redis; dropping it releases the slot.
+impl LeaseBook {
+    fn now_ms(&self) -> u64 {
+        super::Clock::System.now_ms().saturating_add_signed(self.time_offset_ms.load(Ordering::Relaxed))
+    }
+
+    fn park(&self, key: String, member: String) {
+        let now = self.now_ms();
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.entry(key).or_default().push((member, now));
+        }
+    }
+
+    fn release(&self, key: String, member: String) {
+        if let Ok(mut live) = self.live.lock()
+            && let Some(set) = live.get_mut(&key)
+        {
+            set.remove(&member);
+            if set.is_empty() {
+                live.remove(&key);
+            }
+        }
+        let _ = self.release.send((key, member));
+    }
+}
+
+/// A concurrency slot in Redis; dropping it releases the slot, or (quota batching) parks it idle
+/// for the caller's next request.
 #[derive(Debug)]
 pub struct RedisLease {
     book: Arc<LeaseBookHandle>,
     key: String,
     member: String,
+    pooled: bool,
+}
+
+/// What a decision asks of the store beyond the request itself (quota batching; all zero without).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Ask {
+    /// The request's rate unit comes from this replica's reservation: leave the windows alone.
+    pub skip_windows: bool,
+    /// The request's slot comes from this replica's pool: leave the concurrency cap alone.
+    pub skip_slot: bool,
+    /// Further units to reserve, and further slots to lease, beyond the request's.
+    pub units: u64,
+    pub slots: u64,
+    /// Unspent units of the caller's ended reservation, and the Redis time it was taken.
+    pub back: Option<(u64, u64)>,
+    /// Park the request's slot idle when it ends instead of releasing it.
+    pub pool: bool,
+}
+
+/// What the store granted beyond the decision.
+#[derive(Debug, Default)]
+pub struct Granted {
+    /// Units reserved in every window (beyond the admitted request).
+    pub units: u64,
+    /// Slots leased beyond the request's (parked idle in the pool).
+    pub slots: u64,
 }
 
 /// The part of the lease book a lease needs (keeps `RedisLease: Debug` without exposing internals).
@@ -140,16 +198,12 @@ impl std::fmt::Debug for LeaseBookHandle {
 
 impl Drop for RedisLease {
     fn drop(&mut self) {
-        let book = &self.book.0;
-        if let Ok(mut live) = book.live.lock()
-            && let Some(set) = live.get_mut(&self.key)
-        {
-            set.remove(&self.member);
-            if set.is_empty() {
-                live.remove(&self.key);
-            }
+        let (key, member) = (std::mem::take(&mut self.key), std::mem::take(&mut self.member));
+        if self.pooled {
+            self.book.0.park(key, member);
+        } else {
+            self.book.0.release(key, member);
         }
-        let _ = book.release.send((std::mem::take(&mut self.key), std::mem::take(&mut self.member)));
     }
 }
 
@@ -210,7 +264,12 @@ impl RedisStore {
         }
 
         let (release, releases) = mpsc::unbounded_channel();
-        let leases = Arc::new(LeaseBook { live: Mutex::new(HashMap::new()), release });
+        let leases = Arc::new(LeaseBook {
+            live: Mutex::new(HashMap::new()),
+            idle: Mutex::new(HashMap::new()),
+            release,
+            time_offset_ms: Arc::clone(&time_offset_ms),
+        });
         let lease_ttl_ms = target.lease_ttl.as_millis().max(1000) as u64;
         tokio::spawn(release_task(Arc::clone(&conn), releases));
         tokio::spawn(renew_task(Arc::clone(&conn), Arc::downgrade(&leases), lease_ttl_ms, Arc::clone(&time_offset_ms)));
@@ -221,6 +280,7 @@ impl RedisStore {
         Ok(RedisStore {
             conn,
             script: redis::Script::new(SCRIPT),
+            give_back_script: redis::Script::new(RETURN),
             key_prefix: target.key_prefix.clone(),
             lease_ttl_ms,
             leases,
@@ -245,30 +305,40 @@ impl RedisStore {
     }
 
     /// One decision: consume (`take`) or only look (`peek`). The lease, if any, is attached.
-    pub async fn decide(&self, identity: &IdentityKey, plan: &Plan, take: bool) -> Result<Decision, StoreError> {
+    /// `ask` adds quota batching's reservation to the same round trip.
+    pub async fn decide(
+        &self,
+        identity: &IdentityKey,
+        plan: &Plan,
+        take: bool,
+        ask: Ask,
+    ) -> Result<(Decision, Granted), StoreError> {
         let mut conn = self.conn()?;
         let mut inv = self.script.prepare_invoke();
-        for w in &plan.windows {
+        let windows: &[super::WindowSpec] = if ask.skip_windows { &[] } else { &plan.windows };
+        for w in windows {
             inv.key(self.key(identity, &w.name));
         }
-        let lease_key = plan.concurrency.map(|_| self.key(identity, crate::limit::CONCURRENT));
+        let cap = plan.concurrency.filter(|_| !ask.skip_slot);
+        let lease_key = cap.map(|_| self.key(identity, crate::limit::CONCURRENT));
         if let Some(k) = &lease_key {
             inv.key(k.as_str());
         }
         let member = format!("{:016x}-{}", self.instance, self.member_seq.fetch_add(1, Ordering::Relaxed));
-        let alg = match plan.algorithm {
-            Algorithm::SlidingLog => 1,
-            Algorithm::Gcra => 2,
-            Algorithm::FixedWindow => 3,
-        };
+        let alg = algorithm_code(plan.algorithm);
+        let (back_units, back_anchor) = ask.back.unwrap_or((0, 0));
         inv.arg(if take { "take" } else { "peek" })
             .arg(alg)
-            .arg(plan.windows.len())
+            .arg(windows.len())
             .arg(self.time_offset_ms.load(Ordering::Relaxed))
-            .arg(plan.concurrency.map_or(-1, |c| c as i64))
+            .arg(cap.map_or(-1, |c| c as i64))
             .arg(self.lease_ttl_ms)
-            .arg(member.as_str());
-        for w in &plan.windows {
+            .arg(member.as_str())
+            .arg(ask.units)
+            .arg(ask.slots)
+            .arg(back_units)
+            .arg(back_anchor);
+        for w in windows {
             inv.arg(w.limit).arg(w.window_ms);
         }
         let reply: Result<Vec<i64>, _> = conn.invoke(&inv).await;
@@ -277,17 +347,20 @@ impl RedisStore {
             Err(e) => {
                 // The script may have run before the failure: never leave a slot we do not hold.
                 if let (true, Some(k)) = (take, &lease_key) {
-                    let _ = self.leases.release.send((k.clone(), member));
+                    let _ = self.leases.release.send((k.clone(), member.clone()));
+                    for j in 1..=ask.slots {
+                        let _ = self.leases.release.send((k.clone(), format!("{member}.{j}")));
+                    }
                 }
                 return Err(e.into());
             }
         };
-        if reply.len() != 4 + 3 * plan.windows.len() {
+        if reply.len() != 6 + 3 * windows.len() {
             return Err(StoreError::BadReply);
         }
         let now = reply[1].max(0) as u64;
         let mut tally = Tally::new(now);
-        for (i, spec) in plan.windows.iter().enumerate() {
+        for (i, spec) in windows.iter().enumerate() {
             let r = &reply[4 + 3 * i..7 + 3 * i];
             let (remaining, reset_ms, retry_at_ms) = (r[0].max(0) as u64, r[1].max(0) as u64, r[2].max(0) as u64);
             let allowed = retry_at_ms == 0;
@@ -298,22 +371,110 @@ impl RedisStore {
             }
         }
         let in_flight = reply[3].max(0) as u64;
-        let mut decision = tally.finish(plan.concurrency.map(|cap| (cap, in_flight)));
+        let mut decision = tally.finish(cap.map(|cap| (cap, in_flight)));
         decision.in_flight = in_flight;
+        let granted = Granted {
+            units: reply[4 + 3 * windows.len()].max(0) as u64,
+            slots: reply[5 + 3 * windows.len()].max(0) as u64,
+        };
         if take
             && decision.allowed
             && let Some(key) = lease_key
         {
             if let Ok(mut live) = self.leases.live.lock() {
-                live.entry(key.clone()).or_default().insert(member.clone());
+                let set = live.entry(key.clone()).or_default();
+                set.insert(member.clone());
+                for j in 1..=granted.slots {
+                    set.insert(format!("{member}.{j}"));
+                }
+            }
+            for j in 1..=granted.slots {
+                self.leases.park(key.clone(), format!("{member}.{j}"));
             }
             decision.lease = Some(super::Lease::Redis(RedisLease {
                 book: Arc::new(LeaseBookHandle(Arc::clone(&self.leases))),
                 key,
                 member,
+                pooled: ask.pool,
             }));
         }
-        Ok(decision)
+        Ok((decision, granted))
+    }
+
+    /// An idle slot of `identity` from this replica's pool (quota batching), with no store call.
+    pub fn pooled_slot(&self, identity: &IdentityKey) -> Option<super::Lease> {
+        let key = self.key(identity, crate::limit::CONCURRENT);
+        let member = self.leases.idle.lock().ok()?.get_mut(&key)?.pop()?.0;
+        Some(super::Lease::Redis(RedisLease {
+            book: Arc::new(LeaseBookHandle(Arc::clone(&self.leases))),
+            key,
+            member,
+            pooled: true,
+        }))
+    }
+
+    /// Releases pooled slots idle for `ttl_ms` or more (all of them with `all`: drain). Returns how many.
+    pub fn release_idle(&self, ttl_ms: u64, all: bool) -> usize {
+        let now = self.leases.now_ms();
+        let mut freed = Vec::new();
+        if let Ok(mut idle) = self.leases.idle.lock() {
+            idle.retain(|key, members| {
+                members.retain(|(member, since)| {
+                    let keep = !all && now.saturating_sub(*since) < ttl_ms;
+                    if !keep {
+                        freed.push((key.clone(), member.clone()));
+                    }
+                    keep
+                });
+                !members.is_empty()
+            });
+        }
+        let n = freed.len();
+        for (key, member) in freed {
+            self.leases.release(key, member);
+        }
+        n
+    }
+
+    /// Slots this replica holds for `identity` (in flight and parked).
+    pub fn held_slots(&self, identity: &IdentityKey) -> u64 {
+        let key = self.key(identity, crate::limit::CONCURRENT);
+        self.leases.live.lock().map_or(0, |live| live.get(&key).map_or(0, |s| s.len() as u64))
+    }
+
+    /// Slots parked idle right now (tests, the status view).
+    pub fn idle_slots(&self) -> usize {
+        self.leases.idle.lock().map_or(0, |idle| idle.values().map(Vec::len).sum())
+    }
+
+    /// Gives unspent reserved units back to their windows: one call for everything on one Redis,
+    /// one per caller (its own hash tag, so its own slot) on Redis Cluster. Returns the calls made.
+    pub async fn give_back(&self, batch: &[super::batch::GiveBack]) -> Result<u64, StoreError> {
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.conn()?;
+        // A few hundred keys per call keeps one script from holding Redis for long.
+        let per_call = match &conn {
+            Conn::Single(_) => 128,
+            Conn::Cluster(_) => 1,
+        };
+        let groups = batch.chunks(per_call);
+        let mut calls = 0;
+        for group in groups {
+            let mut inv = self.give_back_script.prepare_invoke();
+            inv.arg(self.time_offset_ms.load(Ordering::Relaxed));
+            for g in group {
+                let alg = algorithm_code(g.algorithm);
+                for w in &g.windows {
+                    inv.key(self.key(&g.key, &w.name));
+                    inv.arg(alg).arg(g.units).arg(g.anchor_ms).arg(w.limit).arg(w.window_ms);
+                }
+            }
+            calls += 1;
+            let _: i64 = conn.invoke(&inv).await?;
+        }
+        Ok(calls)
     }
 
     /// `GET user_tier:{user}`: the tier override, if one is stored.
@@ -337,6 +498,15 @@ impl RedisStore {
         }
         let _: i64 = conn.invoke(&inv).await?;
         Ok(())
+    }
+}
+
+/// The scripts' number for an algorithm.
+fn algorithm_code(algorithm: Algorithm) -> u8 {
+    match algorithm {
+        Algorithm::SlidingLog => 1,
+        Algorithm::Gcra => 2,
+        Algorithm::FixedWindow => 3,
     }
 }
 

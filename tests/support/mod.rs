@@ -214,6 +214,18 @@ impl Gate {
         }
     }
 
+    /// `count` replicas counting in one store, sharing one shifted clock (so virtual time moves for
+    /// all of them and for the Redis scripts alike). `storage`: the body of the `[storage]` section.
+    pub async fn replicas(count: usize, storage: &str, extra: &str, clock: &Clock) -> Vec<Gate> {
+        let mut gates = Vec::new();
+        for _ in 0..count {
+            let upstream = echo().await;
+            let config = format!("{SERVER}{IDENTITY}\n[storage]\n{storage}\n{TIERS}{extra}");
+            gates.push(Gate::start_full(&config, &format!("http://{upstream}"), upstream, clock.clone(), None).await);
+        }
+        gates
+    }
+
     async fn start_full(
         config: &str,
         upstream_url: &str,

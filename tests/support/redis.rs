@@ -19,6 +19,8 @@ pub struct RedisServer {
     cluster: bool,
     /// Speaks only TLS (the test certificates from tests/fixtures).
     tls: bool,
+    /// Writes every command to an append-only file, so a restart keeps the data.
+    persistent: bool,
     child: Option<Child>,
 }
 
@@ -30,15 +32,35 @@ impl RedisServer {
     }
 
     fn start_on(port: u16, dir: PathBuf, cluster: bool) -> RedisServer {
-        let mut server = RedisServer { port, dir, cluster, tls: false, child: None };
+        let mut server = RedisServer { port, dir, cluster, tls: false, persistent: false, child: None };
         server.spawn();
         server
     }
 
     /// A Redis that accepts only TLS, with a certificate for `localhost` from the test CA.
     pub fn start_tls() -> RedisServer {
-        let mut server =
-            RedisServer { port: free_port(), dir: scratch_dir("tls"), cluster: false, tls: true, child: None };
+        let mut server = RedisServer {
+            port: free_port(),
+            dir: scratch_dir("tls"),
+            cluster: false,
+            tls: true,
+            persistent: false,
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// A Redis that keeps its data across [`RedisServer::restart`] (append-only file, fsync always).
+    pub fn start_persistent() -> RedisServer {
+        let mut server = RedisServer {
+            port: free_port(),
+            dir: scratch_dir("aof"),
+            cluster: false,
+            tls: false,
+            persistent: true,
+            child: None,
+        };
         server.spawn();
         server
     }
@@ -52,7 +74,13 @@ impl RedisServer {
         } else {
             cmd.args(["--port", &self.port.to_string()]);
         }
-        cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        let aof = if self.persistent {
+            ["--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            ["--appendonly", "no", "--appendfsync", "everysec"]
+        };
+        cmd.args(["--bind", "127.0.0.1", "--save", ""])
+            .args(aof)
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -97,7 +125,7 @@ impl RedisServer {
         }
     }
 
-    /// Starts it again on the same port (empty: no persistence).
+    /// Starts it again on the same port (empty, unless started persistent).
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
