@@ -358,3 +358,89 @@ async fn a_redis_restart_with_reservations_outstanding_admits_no_more_than_the_l
     assert!(admitted <= LIMIT, "{admitted} admitted over a limit of {LIMIT}");
     assert!(admitted >= LIMIT - BATCH, "at most one reservation lost: {admitted}");
 }
+
+/// `tiergate run` with batching on `redis`, in front of an echo upstream; (process, data-plane URL).
+async fn run_binary(redis: &RedisServer, tag: &str) -> (Child, String) {
+    let upstream = echo().await;
+    let (port, admin) = (free_port(), free_port());
+    let config =
+        format!("{SERVER}{IDENTITY}\n[storage]\n{}\n{TIERS}{}", storage(&redis.url(), "sliding_log"), tier(10_000, -1))
+            .replace(
+                "127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0",
+                &format!("127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}"),
+            )
+            .replace("http://127.0.0.1:1", &format!("http://{upstream}"));
+    let path = scratch(tag).join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    let child = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_tiergate"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env(SECRET_ENV, SECRET)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ready = format!("http://127.0.0.1:{admin}/readyz");
+    while !matches!(client().request(request("GET", &ready, &[], "")).await, Ok(r) if r.status() == 200) {
+        assert!(Instant::now() < deadline, "tiergate did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (child, format!("http://127.0.0.1:{port}"))
+}
+
+/// The count Redis holds in the sliding-log window `w` of `user`.
+fn counted(redis: &RedisServer, user: &str) -> u64 {
+    let v = redis.cli(&["GET", &format!("rate_limit:{{user:{user}}}:w")]);
+    v.trim().split('|').next().unwrap().parse().unwrap_or(0)
+}
+
+/// Sends at least `n` requests one at a time, each admitted, until Redis counts more than were
+/// admitted (a reservation is outstanding); returns how many were sent.
+async fn admit_holding(redis: &RedisServer, base: &str, user: &str, n: u64) -> u64 {
+    let t = token(user, "batch");
+    let mut sent = 0;
+    while sent < n || counted(redis, user) == sent {
+        assert_eq!(get_as(&format!("{base}/x"), &t).await.status, 200);
+        sent += 1;
+        assert!(sent < n + 100, "no reservation outstanding after {sent} requests");
+    }
+    sent
+}
+
+#[tokio::test]
+async fn a_sigkilled_replica_loses_only_the_units_it_held() {
+    let redis = RedisServer::start();
+    let (mut child, base) = run_binary(&redis, "batch-kill").await;
+    let admitted = admit_holding(&redis, &base, "killed", 200).await;
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    let lost = counted(&redis, "killed") - admitted;
+    println!(
+        "SIGKILL after {admitted} admissions: Redis counts {} ({lost} units lost with the replica)",
+        admitted + lost
+    );
+    assert!(lost > 0 && lost <= BATCH, "what the replica held (1..={BATCH}) is lost, not {lost}");
+}
+
+#[tokio::test]
+async fn sigterm_returns_every_reservation() {
+    let redis = RedisServer::start();
+    let (mut child, base) = run_binary(&redis, "batch-term").await;
+    let admitted = admit_holding(&redis, &base, "termed", 200).await;
+    let held = counted(&redis, "termed") - admitted;
+    let pid = child.0.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "tiergate did not exit on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "SIGTERM after {admitted} admissions: {held} units reserved before, Redis counts {} after",
+        counted(&redis, "termed")
+    );
+    assert_eq!(counted(&redis, "termed"), admitted, "every unspent unit went back at drain");
+}

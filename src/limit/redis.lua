@@ -38,13 +38,16 @@ local back_units = tonumber(ARGV[10])
 local back_anchor = tonumber(ARGV[11])
 
 local function fmt(x) return string.format('%.0f', x) end
+-- Whole milliseconds (13 digits) and counts concatenate exactly with `..` (Lua prints up to 14
+-- significant digits); only GCRA's microsecond times need fmt.
 
 local vals = {}
 if n > 0 then vals = redis.call('MGET', unpack(KEYS, 1, n)) end
 
 -- A caller's own expired reservation comes back before its next decision (same keys, same call).
-local returned = {}
+local returned
 if back_units > 0 then
+  returned = {}
   for i = 1, n do
     local nv = give_back(alg, vals[i], back_units, back_anchor, tonumber(ARGV[10 + 2 * i]),
       tonumber(ARGV[11 + 2 * i]), now)
@@ -54,9 +57,12 @@ end
 
 local out = {0, now, 0, 0}
 local allowed = true
-local writes = {}
--- Per window: the units it has left after this request, and how to write k more into it.
-local rooms = {}
+-- Per admitting window, what its new value is made of once the reservation k is known:
+-- sliding log  head[i] .. (base[i] + 1 + k)  with  total[i] + 1 + k  in front
+-- gcra         base[i] + k * step[i]          (microseconds)
+-- fixed        head[i] .. (base[i] + 1 + k)
+local head, base, total_of, step, ttl_of = {}, {}, {}, {}, {}
+local o = 4
 
 for i = 1, n do
   local limit = tonumber(ARGV[10 + 2 * i])
@@ -65,64 +71,56 @@ for i = 1, n do
   local remaining, reset, retry, ok = 0, 0, 0, false
   if alg == 1 then
     -- Bucketed sliding log, buckets of width max(1, w/60): "total|end:count,end:count,..." oldest
-    -- first, where total is the sum of the listed counts. Only expired buckets at the front and the
-    -- newest bucket are parsed on the admit path; the rest of the string is copied untouched.
+    -- first, where total is the sum of the listed counts. The admit path reads the total, the
+    -- front bucket (expired ones are dropped) and the newest bucket; the rest is copied untouched.
     local width = math.max(1, math.floor(w / 60))
     local floor_t = now - w
-    local total, body = 0, ''
-    if v then
-      local bar = string.find(v, '|', 1, true)
-      if bar then
-        total = tonumber(string.sub(v, 1, bar - 1))
-        body = string.sub(v, bar + 1)
-      end
-    end
-    local pos, len = 1, #body
-    while pos <= len do
-      local colon = string.find(body, ':', pos, true)
-      if tonumber(string.sub(body, pos, colon - 1)) > floor_t then break end
-      local comma = string.find(body, ',', colon, true) or (len + 1)
-      total = total - tonumber(string.sub(body, colon + 1, comma - 1))
-      pos = comma + 1
-    end
-    if pos > 1 then body = string.sub(body, pos) end
     local bucket_end = now - (now % width) + width
+    local total, pos, first_end = 0, 1, nil
+    local bar = v and string.find(v, '|', 1, true)
+    if bar then
+      total = tonumber(string.sub(v, 1, bar - 1))
+      pos = bar + 1
+      while true do
+        local e, c, nxt = string.match(v, '^(%d+):(%d+),?()', pos)
+        if not e then break end
+        e = tonumber(e)
+        if e > floor_t then first_end = e; break end
+        total = total - tonumber(c)
+        pos = nxt
+      end
+    else
+      v = ''
+    end
     if total < limit then
       ok = true
       remaining = limit - total - 1
-      local first_end = tonumber(string.match(body, '^(%d+)') or '')
       reset = (first_end or bucket_end) + w
-      -- The newest bucket: after the last comma (searched from the end).
-      local head, last_end, last_count = '', nil, 0
-      if #body > 0 then
-        local from_end = string.find(string.reverse(body), ',', 1, true)
-        local start = from_end and (#body - from_end + 2) or 1
-        head = string.sub(body, 1, start - 1)
-        local colon = string.find(body, ':', start, true)
-        last_end = tonumber(string.sub(body, start, colon - 1))
-        last_count = tonumber(string.sub(body, colon + 1))
-      end
-      local prefix
-      if last_end and last_end >= bucket_end then
-        prefix = head .. fmt(last_end) .. ':'
-      elseif last_end then
-        prefix = head .. fmt(last_end) .. ':' .. fmt(last_count) .. ',' .. fmt(bucket_end) .. ':'
-        last_end = bucket_end
-        last_count = 0
+      local ttl_end = bucket_end
+      if first_end then
+        -- The newest bucket starts after the last comma.
+        local last = string.match(v, '^.*,()', pos) or pos
+        local le, lc = string.match(v, '^(%d+):(%d+)', last)
+        le = tonumber(le)
+        if le >= bucket_end then
+          head[i] = string.sub(v, pos, last - 1) .. le .. ':'
+          base[i] = tonumber(lc)
+          ttl_end = le
+        else
+          head[i] = string.sub(v, pos) .. ',' .. bucket_end .. ':'
+          base[i] = 0
+        end
       else
-        prefix = fmt(bucket_end) .. ':'
-        last_end = bucket_end
+        head[i] = bucket_end .. ':'
+        base[i] = 0
       end
-      local base_total, base_last, ttl = total, last_count, last_end + w - now
-      rooms[i] = remaining
-      writes[#writes + 1] = {KEYS[i], function(k)
-        return fmt(base_total + 1 + k) .. '|' .. prefix .. fmt(base_last + 1 + k)
-      end, ttl}
+      total_of[i] = total
+      ttl_of[i] = ttl_end + w - now
     else
       local need = total + 1 - limit
       local dropped = 0
       retry = now + w
-      for e, c in string.gmatch(body, '(%d+):(%d+)') do
+      for e, c in string.gmatch(string.sub(v, pos), '(%d+):(%d+)') do
         dropped = dropped + tonumber(c)
         if dropped >= need then retry = tonumber(e) + w; break end
       end
@@ -144,10 +142,8 @@ for i = 1, n do
         ok = true
         remaining = math.min(math.floor((horizon - new_tat) / interval), limit - 1)
         reset = math.ceil(new_tat / 1000)
-        rooms[i] = remaining
-        local base = new_tat
-        writes[#writes + 1] = {KEYS[i], function(k) return fmt(base + k * interval) end,
-          function(k) return math.ceil((base + k * interval) / 1000) - now + 1 end}
+        base[i] = new_tat
+        step[i] = interval
       else
         retry = math.ceil((new_tat - w * 1000) / 1000)
         reset = retry
@@ -166,18 +162,18 @@ for i = 1, n do
     if count < limit then
       ok = true
       remaining = limit - count - 1
-      rooms[i] = remaining
-      local base = count
-      writes[#writes + 1] = {KEYS[i], function(k) return fmt(start) .. ':' .. fmt(base + 1 + k) end,
-        window_end - now}
+      head[i] = start .. ':'
+      base[i] = count
+      ttl_of[i] = window_end - now
     else
       retry = window_end
     end
   end
   if not ok then allowed = false end
-  out[#out + 1] = remaining
-  out[#out + 1] = reset
-  out[#out + 1] = retry
+  out[o + 1] = remaining
+  out[o + 2] = reset
+  out[o + 3] = retry
+  o = o + 3
 end
 
 if cap >= 0 then
@@ -196,35 +192,41 @@ local k, slots = 0, 0
 if allowed and mode == 'take' then
   if want_units > 0 and n > 0 then
     k = want_units
-    for i = 1, n do k = math.min(k, math.floor(rooms[i] / 4)) end
-    if k > 0 then
-      for i = 1, n do
-        out[2 + 3 * i] = out[2 + 3 * i] - k
-        if alg == 2 then out[3 + 3 * i] = writes[i][3](k) - 1 + now end
-      end
-    end
+    for i = 1, n do k = math.min(k, math.floor(out[2 + 3 * i] / 4)) end
+    for i = 1, n do out[2 + 3 * i] = out[2 + 3 * i] - k end
   end
-  for _, wr in ipairs(writes) do
-    local ttl = wr[3]
-    if type(ttl) == 'function' then ttl = ttl(k) end
-    redis.call('SET', wr[1], wr[2](k), 'PX', fmt(math.max(1, ttl)))
+  for i = 1, n do
+    if alg == 1 then
+      redis.call('SET', KEYS[i], (total_of[i] + 1 + k) .. '|' .. head[i] .. (base[i] + 1 + k), 'PX',
+        math.max(1, ttl_of[i]))
+    elseif alg == 2 then
+      local tat = base[i] + k * step[i]
+      local reset_ms = math.ceil(tat / 1000)
+      out[3 + 3 * i] = reset_ms
+      redis.call('SET', KEYS[i], fmt(tat), 'PX', math.max(1, reset_ms - now + 1))
+    else
+      redis.call('SET', KEYS[i], head[i] .. (base[i] + 1 + k), 'PX', math.max(1, ttl_of[i]))
+    end
   end
   if cap >= 0 then
     local lkey = KEYS[n + 1]
-    local exp = fmt(now + lease_ttl)
+    local exp = now + lease_ttl
     if want_slots > 0 then slots = math.min(want_slots, math.floor((cap - out[4] - 1) / 2)) end
-    local args = {exp, member}
-    for j = 1, slots do args[#args + 1] = exp; args[#args + 1] = member .. '.' .. j end
-    redis.call('ZADD', lkey, unpack(args))
-    redis.call('PEXPIRE', lkey, fmt(lease_ttl))
+    if slots > 0 then
+      local args = {exp, member}
+      for j = 1, slots do args[#args + 1] = exp; args[#args + 1] = member .. '.' .. j end
+      redis.call('ZADD', lkey, unpack(args))
+    else
+      redis.call('ZADD', lkey, exp, member)
+    end
+    redis.call('PEXPIRE', lkey, lease_ttl)
   end
-end
--- A refused (or peeked) decision writes nothing of its own, but what came back must stay back.
-if not (allowed and mode == 'take') then
+else
+  -- A refused (or peeked) decision writes nothing of its own, but what came back must stay back.
   for i = 1, n do
-    if returned[i] then redis.call('SET', KEYS[i], vals[i], 'KEEPTTL') end
+    if returned and returned[i] then redis.call('SET', KEYS[i], vals[i], 'KEEPTTL') end
   end
 end
-out[#out + 1] = k
-out[#out + 1] = slots
+out[o + 1] = k
+out[o + 2] = slots
 return out
