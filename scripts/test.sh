@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs tiergate's whole test suite: formatting, lints, unit and integration tests.
-# Installs what the tests need when it is missing (redis-server from Debian packages).
+# Installs what the tests need when it is missing (redis-server, chromium, iproute2, iptables from
+# Debian packages).
 # Usage: ./scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,24 @@ if ! command -v chromium >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive need_root apt-get install -y -qq chromium >/dev/null 2>&1 || {
     need_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive need_root apt-get install -y -qq chromium >/dev/null
+  }
+fi
+
+# The multi-host fault tests (tests/netns.rs) build hosts from network namespaces (iproute2's `ip`)
+# and drop packets with iptables inside them. They run only as root (elsewhere they say SKIPPED and
+# pass), so only root installs these.
+if [ "$(id -u)" -eq 0 ] && ! command -v ip >/dev/null 2>&1 && [ ! -x /usr/sbin/ip ] && [ ! -x /sbin/ip ]; then
+  echo "test.sh: installing iproute2 (Debian package; tests/netns.rs runs hosts in network namespaces)"
+  DEBIAN_FRONTEND=noninteractive need_root apt-get install -y -qq iproute2 >/dev/null 2>&1 || {
+    need_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive need_root apt-get install -y -qq iproute2 >/dev/null
+  }
+fi
+if [ "$(id -u)" -eq 0 ] && ! command -v iptables >/dev/null 2>&1 && [ ! -x /usr/sbin/iptables ]; then
+  echo "test.sh: installing iptables (Debian package; tests/netns.rs drops packets inside network namespaces)"
+  DEBIAN_FRONTEND=noninteractive need_root apt-get install -y -qq iptables >/dev/null 2>&1 || {
+    need_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive need_root apt-get install -y -qq iptables >/dev/null
   }
 fi
 

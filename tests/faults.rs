@@ -1,7 +1,8 @@
 //! Faults on loopback, with real peers: Redis frozen by `CLIENT PAUSE` (a slow store, not a dead
 //! one), and upstreams that reset, stall, or flood headers. Each test asserts what tiergate must do
 //! and prints the figures docs/RELIABILITY.md records (`cargo test --test faults -- --nocapture`).
-//! The multi-host faults (latency, loss, partitions) need network namespaces and are not here yet.
+//! The multi-host faults (latency, loss, a partition, a cluster failover) need network namespaces:
+//! they are in `tests/netns.rs`.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
