@@ -17,9 +17,13 @@
 //! left. A caller seen for the first time gets no reservation: one request says nothing about its
 //! rate, and most callers are light (a unit left at expiry costs a share of a return call).
 
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
+use tokio::sync::Notify;
+use tokio::sync::futures::OwnedNotified;
 
 use super::{Algorithm, Binding, IdentityKey, Plan, WindowSpec};
 
@@ -83,9 +87,10 @@ struct Quota {
     /// Requests since the last round trip, and when that was (limiter clock; 0: never).
     seen: u64,
     since_ms: u64,
-    /// A round trip asking for units is on its way: concurrent requests of this caller ask for
-    /// none, so a burst does not bring back one reservation per request.
+    /// A round trip asking for units is on its way: concurrent requests of this caller wait for it
+    /// (woken when it ends) rather than each asking the store, so a burst costs one round trip.
     reserving: bool,
+    arrived: Arc<Notify>,
 }
 
 /// What a request gets from the book.
@@ -97,6 +102,8 @@ pub enum Take {
     /// Ask the store for `want` further units; `back`: ended reservations, the first of which rides
     /// along with the call.
     Ask { want: u64, back: Vec<GiveBack> },
+    /// Another request of this caller is fetching a reservation: wait for it, then take again.
+    Wait { arrived: Pin<Box<OwnedNotified>>, back: Vec<GiveBack> },
 }
 
 /// Every reservation this replica holds, by (identity, plan fingerprint).
@@ -106,8 +113,9 @@ pub struct Book {
 }
 
 impl Book {
-    /// Spends one reserved unit of `plan` for `key`, or says what to ask the store for.
-    pub fn take(&self, key: &IdentityKey, plan: &Plan, batching: Batching, now_ms: u64) -> Take {
+    /// Spends one reserved unit of `plan` for `key`, or says what to ask the store for (or, with
+    /// `may_wait`, to wait for the reservation another request is fetching).
+    pub fn take(&self, key: &IdentityKey, plan: &Plan, batching: Batching, now_ms: u64, may_wait: bool) -> Take {
         let mut fresh = false;
         let mut q = self.quotas.entry((key.clone(), plan.fingerprint())).or_insert_with(|| {
             fresh = true;
@@ -128,6 +136,12 @@ impl Book {
             let store_now_ms = q.store_ms + now_ms.saturating_sub(q.since_ms);
             return Take::Spent { binding, store_now_ms, back };
         }
+        if q.reserving && may_wait {
+            // Registered before the entry unlocks, so the wake-up cannot be missed.
+            let mut arrived = Box::pin(Arc::clone(&q.arrived).notified_owned());
+            arrived.as_mut().enable();
+            return Take::Wait { arrived, back };
+        }
         let elapsed = now_ms.saturating_sub(q.since_ms).max(1);
         let want = if q.since_ms == 0 || q.reserving {
             0
@@ -143,6 +157,7 @@ impl Book {
     pub fn settled(&self, key: &IdentityKey, plan: &Plan) {
         if let Some(mut q) = self.quotas.get_mut(&(key.clone(), plan.fingerprint())) {
             q.reserving = false;
+            q.arrived.notify_waiters();
         }
     }
 
@@ -184,6 +199,7 @@ impl Book {
             }
         }
         q.reserving = false;
+        q.arrived.notify_waiters();
         q.binding = binding;
         q.store_ms = anchor_ms;
         q.admitted = 0;
@@ -231,6 +247,7 @@ impl Quota {
             seen: 1,
             since_ms: 0,
             reserving: false,
+            arrived: Arc::new(Notify::new()),
         }
     }
 

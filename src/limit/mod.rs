@@ -489,12 +489,20 @@ impl Limiter {
         batching: Batching,
         now: u64,
     ) -> Result<Decision, StoreUnavailable> {
-        let take = if plan.windows.is_empty() {
+        let mut take = if plan.windows.is_empty() {
             batch::Take::Spent { binding: None, store_now_ms: now, back: Vec::new() }
         } else {
-            self.book.take(key, plan, batching, now)
+            self.book.take(key, plan, batching, now, true)
         };
-        let pooled = plan.concurrency.and_then(|_| redis.pooled_slot(key));
+        // Another request of this caller is bringing a reservation: wait for it (at most the store
+        // timeout, twice), then take again.
+        for attempt in 0..2 {
+            let batch::Take::Wait { arrived, back } = take else { break };
+            self.queue(back);
+            let _ = tokio::time::timeout(self.timeout, arrived).await;
+            take = self.book.take(key, plan, batching, self.local.clock().now_ms(), attempt == 0);
+        }
+        let pooled = plan.concurrency.and_then(|_| redis.pooled_slot(key, batching.size));
         let slot_local = plan.concurrency.is_none() || pooled.is_some();
         let (rate_local, local_binding, want, mut back) = match take {
             batch::Take::Spent { binding, store_now_ms, back } => {
@@ -519,6 +527,10 @@ impl Limiter {
                 self.queue(back);
                 (false, None, want, first)
             }
+            batch::Take::Wait { back, .. } => {
+                self.queue(back);
+                (false, None, 0, None)
+            }
         };
         let slots = if slot_local { 0 } else { batching.size.saturating_sub(1).min(redis.held_slots(key)) };
         let ask = Ask {
@@ -527,7 +539,7 @@ impl Limiter {
             units: want,
             slots,
             back: back.as_ref().map(|b| (b.units, b.anchor_ms)),
-            pool: true,
+            pool: batching.size,
         };
         let undo = || {
             if rate_local && !plan.windows.is_empty() {

@@ -132,7 +132,13 @@ impl LeaseBook {
         super::Clock::System.now_ms().saturating_add_signed(self.time_offset_ms.load(Ordering::Relaxed))
     }
 
-    fn park(&self, key: String, member: String) {
+    /// Parks a slot idle for the caller's next request, unless this replica already holds `cap`
+    /// slots of the caller (in flight and idle), in which case it is released.
+    fn park(&self, key: String, member: String, cap: u64) {
+        let held = self.live.lock().map_or(u64::MAX, |live| live.get(&key).map_or(0, |s| s.len() as u64));
+        if held > cap {
+            return self.release(key, member);
+        }
         let now = self.now_ms();
         if let Ok(mut idle) = self.idle.lock() {
             idle.entry(key).or_default().push((member, now));
@@ -159,7 +165,9 @@ pub struct RedisLease {
     book: Arc<LeaseBookHandle>,
     key: String,
     member: String,
-    pooled: bool,
+    /// Quota batching: park the slot idle when it ends while this replica holds at most this many
+    /// of the caller's slots; 0: release it.
+    pool_cap: u64,
 }
 
 /// What a decision asks of the store beyond the request itself (quota batching; all zero without).
@@ -174,8 +182,9 @@ pub struct Ask {
     pub slots: u64,
     /// Unspent units of the caller's ended reservation, and the Redis time it was taken.
     pub back: Option<(u64, u64)>,
-    /// Park the request's slot idle when it ends instead of releasing it.
-    pub pool: bool,
+    /// Park the request's slot idle when it ends (while this replica holds at most this many of the
+    /// caller's slots) instead of releasing it; 0: release it.
+    pub pool: u64,
 }
 
 /// What the store granted beyond the decision.
@@ -199,8 +208,8 @@ impl std::fmt::Debug for LeaseBookHandle {
 impl Drop for RedisLease {
     fn drop(&mut self) {
         let (key, member) = (std::mem::take(&mut self.key), std::mem::take(&mut self.member));
-        if self.pooled {
-            self.book.0.park(key, member);
+        if self.pool_cap > 0 {
+            self.book.0.park(key, member, self.pool_cap);
         } else {
             self.book.0.release(key, member);
         }
@@ -389,27 +398,28 @@ impl RedisStore {
                 }
             }
             for j in 1..=granted.slots {
-                self.leases.park(key.clone(), format!("{member}.{j}"));
+                self.leases.park(key.clone(), format!("{member}.{j}"), ask.pool.max(1));
             }
             decision.lease = Some(super::Lease::Redis(RedisLease {
                 book: Arc::new(LeaseBookHandle(Arc::clone(&self.leases))),
                 key,
                 member,
-                pooled: ask.pool,
+                pool_cap: ask.pool,
             }));
         }
         Ok((decision, granted))
     }
 
-    /// An idle slot of `identity` from this replica's pool (quota batching), with no store call.
-    pub fn pooled_slot(&self, identity: &IdentityKey) -> Option<super::Lease> {
+    /// An idle slot of `identity` from this replica's pool (quota batching), with no store call;
+    /// `cap`: most slots of the caller the pool keeps.
+    pub fn pooled_slot(&self, identity: &IdentityKey, cap: u64) -> Option<super::Lease> {
         let key = self.key(identity, crate::limit::CONCURRENT);
         let member = self.leases.idle.lock().ok()?.get_mut(&key)?.pop()?.0;
         Some(super::Lease::Redis(RedisLease {
             book: Arc::new(LeaseBookHandle(Arc::clone(&self.leases))),
             key,
             member,
-            pooled: true,
+            pool_cap: cap,
         }))
     }
 
