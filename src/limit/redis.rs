@@ -8,7 +8,13 @@
 //! (the moment its data stops mattering), lease sets included.
 //!
 //! Cost per decision (3 windows, sliding log, admitted): `TIME`, `MGET`, 3 × `SET … PX`; refused: `TIME`
-//! and `MGET` only; about 22 µs of Redis CPU (docs/PERFORMANCE.md). A sliding-log window is stored as
+//! and `MGET` only; about 23 µs of Redis CPU, of which 10 µs are the commands themselves
+//! (docs/PERFORMANCE.md, `scripts/redis-script-cost.sh`).
+//!
+//! Quota batching (see `batch.rs`): the same call may reserve further units in every window and
+//! lease further slots ([`Ask`]), and take back an ended reservation of the caller; the return script
+//! (`redis_return.lua`) takes back many at once. Both share `redis_give_back.lua`. Released slots may
+//! be parked idle in this replica's pool for the caller's next request. A sliding-log window is stored as
 //! `total|end:count,…` (at most 62 buckets, ~1.5 KiB) so the admit path parses only the expired front
 //! buckets and the newest one; the exact arithmetic mirrors `local.rs`, and a test holds them equal.
 //!
