@@ -268,8 +268,10 @@ fn runtime(workers: Option<usize>) -> Option<tokio::runtime::Runtime> {
 }
 
 fn init_logging(default: &str) {
+    // redis-rs logs every failed reconnect at warn (100+ lines/s per replica while a cluster master is
+    // down); tiergate reports storage trouble itself, once per transition. RUST_LOG overrides this.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},redis=error")));
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)

@@ -234,12 +234,16 @@ impl RedisStore {
     pub fn start_with_offset(target: &RedisTarget, time_offset_ms: Arc<AtomicI64>) -> Result<RedisStore, StoreError> {
         let conn: Arc<ArcSwapOption<Conn>> = Arc::new(ArcSwapOption::empty());
         if target.cluster_nodes.is_empty() {
+            // Nagle off: calls are small and pipelined on one socket; one must not wait for the ACK
+            // of the one before it.
+            let info = redis::IntoConnectionInfo::into_connection_info(target.url.as_str())?
+                .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
             let client = match &target.ca_pem {
                 Some(pem) => redis::Client::build_with_tls(
-                    target.url.as_str(),
+                    info,
                     redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) },
                 )?,
-                None => redis::Client::open(target.url.as_str())?,
+                None => redis::Client::open(info)?,
             };
             let config = redis::aio::ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(target.timeout.max(Duration::from_millis(200))))
@@ -254,6 +258,7 @@ impl RedisStore {
                 builder = builder.certs(redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) });
             }
             let client = builder
+                .tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true))
                 .connection_timeout(target.timeout.max(Duration::from_millis(200)))
                 .response_timeout(target.timeout.max(Duration::from_millis(100)))
                 .retries(1)
