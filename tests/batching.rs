@@ -99,6 +99,7 @@ on_every_algorithm!(
     two_replicas_never_admit_more_than_the_limit_and_reach_it_once_reservations_return,
     early_refusal_lasts_only_while_another_replica_holds_units,
     a_window_fills_exactly_to_its_limit,
+    remaining_never_rises_between_admitted_requests,
 );
 
 async fn two_replicas_never_admit_more_than_the_limit_and_reach_it_once_reservations_return(algorithm: &str) {
@@ -197,6 +198,29 @@ async fn a_window_fills_exactly_to_its_limit(algorithm: &str) {
     // Near the limit every request goes to Redis; far from it, reservations save round trips.
     println!("{algorithm}: {LIMIT} admitted sequentially with {calls} script calls");
     assert!(calls < LIMIT, "{algorithm}: {calls} round trips for {LIMIT} admissions");
+}
+
+/// X-RateLimit-Remaining under batching: Redis's count at the last round trip (every replica's
+/// reservations counted as used) plus what this replica still holds for the caller.
+async fn remaining_never_rises_between_admitted_requests(algorithm: &str) {
+    const LIMIT: u64 = 200;
+    let redis = RedisServer::start();
+    let clock = aligned_clock();
+    // A TTL long enough that no reservation ends (and gives units back) during the test.
+    let storage = storage(&redis.url(), algorithm).replace("quota_batch_ttl = \"1s\"", "quota_batch_ttl = \"60s\"");
+    let gates = Gate::replicas(1, &storage, &tier(LIMIT, -1), &clock).await;
+    let t = token("headers", "batch");
+    let mut last = LIMIT;
+    for i in 0..150 {
+        let r = get_as(&gates[0].url("/x"), &t).await;
+        assert_eq!(r.status, 200);
+        let remaining: u64 = r.header("x-ratelimit-remaining").unwrap().parse().unwrap();
+        assert!(remaining <= last, "{algorithm}: request {i}: Remaining rose from {last} to {remaining}");
+        // One replica: this replica's own unspent units are the caller's to spend here, so the
+        // header reads exactly as without batching.
+        assert_eq!(remaining, LIMIT - 1 - i, "{algorithm}: request {i}");
+        last = remaining;
+    }
 }
 
 #[tokio::test]

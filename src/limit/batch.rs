@@ -82,8 +82,6 @@ struct Quota {
     /// Redis time.
     binding: Option<Binding>,
     store_ms: u64,
-    /// Admitted from reservations since the last round trip.
-    admitted: u64,
     /// Requests since the last round trip, and when that was (limiter clock; 0: never).
     seen: u64,
     since_ms: u64,
@@ -131,8 +129,7 @@ impl Book {
             if seg.units == 0 {
                 q.segments.remove(0);
             }
-            q.admitted += 1;
-            let binding = q.binding.map(|b| Binding { remaining: b.remaining.saturating_sub(q.admitted), ..b });
+            let binding = q.shown();
             let store_now_ms = q.store_ms + now_ms.saturating_sub(q.since_ms);
             return Take::Spent { binding, store_now_ms, back };
         }
@@ -171,12 +168,12 @@ impl Book {
                     q.segments.push(seg);
                 }
             }
-            q.admitted = q.admitted.saturating_sub(1);
         }
     }
 
     /// Records a round trip that admitted a request and reserved `units` more (possibly 0) at Redis
-    /// time `anchor_ms`. Returns what no longer fits the book, to be given back.
+    /// time `anchor_ms`. Returns what no longer fits the book, to be given back, and the binding
+    /// window to report for this request.
     #[allow(clippy::too_many_arguments, reason = "one round trip's whole outcome")]
     pub fn install(
         &self,
@@ -187,7 +184,7 @@ impl Book {
         units: u64,
         anchor_ms: u64,
         binding: Option<Binding>,
-    ) -> Vec<GiveBack> {
+    ) -> (Vec<GiveBack>, Option<Binding>) {
         let id = (key.clone(), plan.fingerprint());
         let mut q = self.quotas.entry(id).or_insert_with(|| Quota::new(plan));
         let mut out = q.end(key, now_ms, false);
@@ -202,10 +199,9 @@ impl Book {
         q.arrived.notify_waiters();
         q.binding = binding;
         q.store_ms = anchor_ms;
-        q.admitted = 0;
         q.seen = 0;
         q.since_ms = now_ms;
-        out
+        (out, q.shown())
     }
 
     /// Ends every reservation that has expired (or all of them, `all`: drain) and hands back what
@@ -243,12 +239,20 @@ impl Quota {
             windows: plan.windows.clone(),
             binding: None,
             store_ms: 0,
-            admitted: 0,
             seen: 1,
             since_ms: 0,
             reserving: false,
             arrived: Arc::new(Notify::new()),
         }
+    }
+
+    /// The binding window as this replica shows it: what Redis had left at the last round trip (every
+    /// replica's reservations counted as used) plus what this replica still holds for the caller,
+    /// which is this caller's to spend here. It falls by one per admitted request, exactly as without
+    /// batching on a single replica, and only rises when units come back.
+    fn shown(&self) -> Option<Binding> {
+        let held: u64 = self.segments.iter().map(|s| s.units).sum();
+        self.binding.map(|b| Binding { remaining: b.remaining + held, ..b })
     }
 
     /// Ends the segments that have expired (all of them with `all`).

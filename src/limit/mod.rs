@@ -574,8 +574,10 @@ impl Limiter {
                     }
                 } else if d.allowed {
                     self.units.reserved.increment(granted.units);
-                    let overflow = self.book.install(key, plan, batching, now, granted.units, d.now_ms, d.binding);
+                    let (overflow, shown) =
+                        self.book.install(key, plan, batching, now, granted.units, d.now_ms, d.binding);
                     self.queue(overflow);
+                    d.binding = shown;
                 } else {
                     if asked {
                         self.book.settled(key, plan);
