@@ -68,4 +68,42 @@ async fn every_round_trip_is_counted_by_op() {
     assert_eq!(calls(&gate, "reset").await - reset, 1.0);
     // The reset's read-back is a peek: one more quota round trip.
     assert_eq!(calls(&gate, "quota").await - quota, 2.0);
+
+    drop(gate);
+
+    // Quota batching: a reserving decision counts as `reserve`, a batched give-back as `return`,
+    // and the two add up to the EVALSHAs Redis saw (same test: the recorder is process-wide).
+    let gate = Gate::on_with(Store::Redis, "quota_batch = 20\nquota_batch_ttl = \"1s\"", "").await;
+    let redis = gate.redis.as_ref().unwrap();
+    let t = token("batched", "free");
+    get_as(&gate.url("/x"), &token("warm", "free")).await; // loads the script
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    let (reserve, returned) = (calls(&gate, "reserve").await, calls(&gate, "return").await);
+    let renewed = calls(&gate, "renew").await;
+    let mut sent = 0;
+    // At least 30, and until a reservation is outstanding (so there is something to return).
+    while sent < 30 || gate.server.proxy.limiter.reserved_units() == 0 {
+        assert_eq!(get_as(&gate.url("/x"), &t).await.status, 200);
+        sent += 1;
+        assert!(sent < 90, "no reservation outstanding after {sent} requests");
+    }
+    gate.advance(Duration::from_secs(1));
+    let batching = gate.server.proxy.snapshot.load().quota_batch;
+    gate.server.proxy.limiter.return_expired(batching, false).await;
+    let reserve = calls(&gate, "reserve").await - reserve;
+    let returned = calls(&gate, "return").await - returned;
+    // Slots parked in the pool are renewed like slots in flight (the same script, by EVALSHA).
+    let renewed = calls(&gate, "renew").await - renewed;
+    assert!(reserve < f64::from(sent) / 2.0, "{sent} requests, {reserve} reserving round trips");
+    assert_eq!(returned, 1.0, "one return call for the units left");
+    // The first return loads its script: redis-rs's EVALSHA is refused (NOSCRIPT), it loads the
+    // script and calls again. One call, as tiergate counts them; Redis counts the refused one too.
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    let failed: f64 = stats
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("cmdstat_evalsha:")?.split(',').find_map(|f| f.strip_prefix("failed_calls="))?.parse().ok()
+        })
+        .unwrap_or(0.0);
+    assert_eq!(reserve + returned + renewed, redis.calls("evalsha") as f64 - failed, "one per EVALSHA Redis answered");
 }

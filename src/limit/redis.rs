@@ -481,6 +481,7 @@ impl RedisStore {
             Conn::Cluster(_) => 1,
         };
         let groups = batch.chunks(per_call);
+        let counter = metrics::counter!(crate::metrics::STORAGE_CALLS, "op" => "return");
         let mut calls = 0;
         for group in groups {
             let mut inv = self.give_back_script.prepare_invoke();
@@ -493,6 +494,7 @@ impl RedisStore {
                 }
             }
             calls += 1;
+            counter.increment(1);
             let _: i64 = conn.invoke(&inv).await?;
         }
         Ok(calls)
