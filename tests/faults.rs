@@ -154,3 +154,56 @@ async fn misbehaving_upstreams_are_502_or_504_and_tiergate_stays_healthy() {
         println!("fault upstream {what}: {want} in {took:?}, counted kind={kind}");
     }
 }
+
+/// A Redis Cluster master dies (no replica to take over; the survivors keep serving their slots):
+/// only callers whose keys live on it lose Redis, everybody else is still decided by Redis. The
+/// breakers follow hash-slot groups; one breaker for the whole cluster used to send every caller to
+/// the fallback (found by the multi-host failover test, tests/netns.rs).
+#[tokio::test]
+async fn a_dead_cluster_master_sends_only_its_own_callers_to_the_fallback() {
+    let mut cluster = support::redis::RedisCluster::start();
+    let nodes: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let storage = format!(
+        "backend = \"redis\"\ncluster_nodes = [{}]\ntimeout = \"200ms\"\non_error = \"deny\"\n",
+        nodes.join(", ")
+    );
+    let upstream = echo().await;
+    let config = format!("{SERVER}{IDENTITY}\n[storage]\n{storage}\n{TIERS}");
+    let gate = Gate::start_with_upstream(&config, &format!("http://{upstream}"), upstream).await;
+    let users: Vec<String> = (0..30).map(|i| format!("shard-{i}")).collect();
+    // Every user once (deny: 503 until the cluster client has connected), then where its keys live.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for u in &users {
+        while get_as(&gate.url("/x"), &token(u, "pro")).await.status != 200 {
+            assert!(Instant::now() < deadline, "cluster not reachable");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let on_first: Vec<bool> =
+        users.iter().map(|u| !cluster.nodes[0].keys(&format!("rate_limit:{{user:{u}}}:*")).is_empty()).collect();
+    assert!(on_first.iter().any(|d| *d) && on_first.iter().any(|d| !*d), "users on both sides: {on_first:?}");
+    for n in &cluster.nodes {
+        n.cli(&["CONFIG", "SET", "cluster-require-full-coverage", "no"]);
+    }
+    cluster.nodes[0].kill();
+    let (mut healthy, mut healthy_ok, mut dead, mut dead_refused) = (0, 0, 0, 0);
+    let until = Instant::now() + Duration::from_millis(1_500);
+    while Instant::now() < until {
+        for (u, is_dead) in users.iter().zip(&on_first) {
+            let s = get_as(&gate.url("/x"), &token(u, "pro")).await.status.as_u16();
+            if *is_dead {
+                dead += 1;
+                dead_refused += u32::from(s == 503);
+            } else {
+                healthy += 1;
+                healthy_ok += u32::from(s == 200);
+            }
+        }
+    }
+    println!(
+        "fault cluster master killed: healthy shards {healthy_ok} of {healthy} decided by Redis; dead shard {dead_refused} of {dead} refused (on_error = deny)"
+    );
+    assert_eq!(dead_refused, dead, "the dead master's callers follow on_error");
+    // A slot group on the boundary of the dead master's range may hold a healthy caller or two.
+    assert!(f64::from(healthy_ok) >= 0.9 * f64::from(healthy), "healthy shards: {healthy_ok} of {healthy} on Redis");
+}

@@ -7,8 +7,16 @@
 //! [`Permit::success`] or [`Permit::failure`] consume it, and a permit dropped unsettled (an early
 //! return, or a request future cancelled because the client went away) counts as a failure. So a
 //! probe can never be taken and forgotten, which once left the breaker open until restart.
+//!
+//! [`Breakers`]: one breaker for a single Redis; on Redis Cluster one per group of 64 hash slots
+//! (256 groups), so a dead master opens only the breakers of its own slots and callers whose keys
+//! live on healthy masters stay on Redis (one breaker for the whole cluster sent everybody to the
+//! fallback when one master died: the multi-host failover test found it). The gauge and the log
+//! follow the set: 1 and one error line when the first breaker opens, 0 and one line when the last
+//! closes.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -20,7 +28,39 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 pub struct Breaker {
     state: Mutex<State>,
+    open: Arc<OpenCount>,
+    /// Which group of hash slots this breaker guards (for its debug lines); 0 for a single Redis.
+    shard: usize,
+}
+
+/// How many breakers of a set are open, mirrored in `tiergate_storage_fallback` as 0 or 1.
+pub struct OpenCount {
+    n: AtomicUsize,
     gauge: metrics::Gauge,
+}
+
+impl OpenCount {
+    pub fn new(gauge: metrics::Gauge) -> Arc<OpenCount> {
+        Arc::new(OpenCount { n: AtomicUsize::new(0), gauge })
+    }
+
+    fn opened(&self, why: &str) {
+        if self.n.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.gauge.set(1.0);
+            tracing::error!(error = why, "storage failing: limit decisions now follow on_error until it answers");
+        }
+    }
+
+    fn closed(&self) {
+        if self.n.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.gauge.set(0.0);
+            tracing::warn!("storage is answering again: limit decisions come from storage");
+        }
+    }
+
+    pub fn any(&self) -> bool {
+        self.n.load(Ordering::Acquire) > 0
+    }
 }
 
 struct State {
@@ -60,12 +100,12 @@ impl Drop for Permit<'_> {
 }
 
 impl Breaker {
-    /// `gauge` goes up by one while this breaker is open and back down when it closes (or is
-    /// dropped), so a process with one limiter shows exactly 0 or 1.
-    pub fn new(gauge: metrics::Gauge) -> Breaker {
+    /// One breaker counting in `open` while it is open.
+    pub fn new(open: Arc<OpenCount>, shard: usize) -> Breaker {
         Breaker {
             state: Mutex::new(State { failures: 0, open_until: None, backoff: FIRST_BACKOFF, probing: false }),
-            gauge,
+            open,
+            shard,
         }
     }
 
@@ -94,14 +134,32 @@ impl Breaker {
         self.lock().open_until.is_some()
     }
 
+    /// An open breaker nobody has called since its interval ended (for another `MAX_BACKOFF`):
+    /// no decision follows `on_error` through it, so it stops counting as open. It closes one
+    /// failure short of opening, so the next call that fails opens it again at once.
+    fn close_if_idle(&self, now: Instant) {
+        let mut s = self.lock();
+        if let Some(until) = s.open_until
+            && !s.probing
+            && now >= until + MAX_BACKOFF
+        {
+            s.open_until = None;
+            s.failures = FAILURES_TO_OPEN - 1;
+            s.backoff = FIRST_BACKOFF;
+            drop(s);
+            tracing::debug!(shard = self.shard, "idle storage breaker closed");
+            self.open.closed();
+        }
+    }
+
     fn success(&self) {
         let mut s = self.lock();
         s.failures = 0;
         s.probing = false;
         if s.open_until.take().is_some() {
             s.backoff = FIRST_BACKOFF;
-            self.gauge.decrement(1.0);
-            tracing::warn!("storage is answering again: limit decisions come from storage");
+            tracing::debug!(shard = self.shard, "storage breaker closed");
+            self.open.closed();
         }
     }
 
@@ -113,8 +171,8 @@ impl Breaker {
             None if s.failures >= FAILURES_TO_OPEN => {
                 s.backoff = FIRST_BACKOFF;
                 s.open_until = Some(Instant::now() + s.backoff);
-                self.gauge.increment(1.0);
-                tracing::error!(error = why, "storage failing: limit decisions now follow on_error until it answers");
+                tracing::debug!(shard = self.shard, error = why, "storage breaker opened");
+                self.open.opened(why);
             }
             Some(_) if was_probe => {
                 s.backoff = (s.backoff * 2).min(MAX_BACKOFF);
@@ -128,9 +186,69 @@ impl Breaker {
 impl Drop for Breaker {
     fn drop(&mut self) {
         if self.lock().open_until.is_some() {
-            self.gauge.decrement(1.0);
+            self.open.closed();
         }
     }
+}
+
+/// Hash-slot groups on Redis Cluster (16,384 slots / 256 = 64 slots each).
+const GROUPS: usize = 256;
+
+/// The breakers of one store: one for a single Redis, one per group of hash slots on a cluster.
+pub struct Breakers {
+    each: Vec<Breaker>,
+    open: Arc<OpenCount>,
+}
+
+impl Breakers {
+    /// `cluster`: one breaker per slot group; otherwise one.
+    pub fn new(gauge: metrics::Gauge, cluster: bool) -> Breakers {
+        let open = OpenCount::new(gauge);
+        let n = if cluster { GROUPS } else { 1 };
+        Breakers { each: (0..n).map(|i| Breaker::new(Arc::clone(&open), i)).collect(), open }
+    }
+
+    /// The breaker guarding calls on `key` (a Redis key, or the hash tag inside its braces).
+    pub fn of(&self, key: &[u8]) -> &Breaker {
+        if self.each.len() == 1 {
+            return &self.each[0];
+        }
+        let slot = usize::from(crc16::State::<crc16::XMODEM>::calculate(hash_tag(key)) % 16_384);
+        &self.each[slot * self.each.len() / 16_384]
+    }
+
+    /// One breaker for the whole store (a single Redis): [`Breakers::of`] needs no key.
+    pub fn is_single(&self) -> bool {
+        self.each.len() == 1
+    }
+
+    /// Closes breakers left open by callers that stopped calling (on a cluster, a slot group only
+    /// some callers use): without it the gauge would say "degraded" long after the last decision
+    /// that was. Called on a timer.
+    pub fn close_idle(&self) {
+        if self.open.any() {
+            let now = Instant::now();
+            for b in &self.each {
+                b.close_if_idle(now);
+            }
+        }
+    }
+
+    /// Some breaker is open: some decisions follow `on_error`.
+    pub fn any_open(&self) -> bool {
+        self.open.any()
+    }
+}
+
+/// What Redis Cluster hashes: the part between the first `{` and the next `}`, when not empty.
+fn hash_tag(key: &[u8]) -> &[u8] {
+    if let Some(open) = key.iter().position(|&b| b == b'{')
+        && let Some(len) = key[open + 1..].iter().position(|&b| b == b'}')
+        && len > 0
+    {
+        return &key[open + 1..open + 1 + len];
+    }
+    key
 }
 
 #[cfg(test)]
@@ -139,7 +257,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn opens_after_failures_probes_and_closes() {
-        let b = Breaker::new(metrics::Gauge::noop());
+        let b = Breaker::new(OpenCount::new(metrics::Gauge::noop()), 0);
         for _ in 0..FAILURES_TO_OPEN {
             b.allow().expect("closed").failure("down");
         }
@@ -173,7 +291,7 @@ mod tests {
     /// result, or a request future dropped mid-call) used to leave the breaker open for good.
     #[tokio::test(start_paused = true)]
     async fn an_abandoned_probe_counts_as_a_failure_and_the_next_probe_comes() {
-        let b = Breaker::new(metrics::Gauge::noop());
+        let b = Breaker::new(OpenCount::new(metrics::Gauge::noop()), 0);
         for _ in 0..FAILURES_TO_OPEN {
             b.allow().expect("closed").failure("down");
         }
@@ -190,5 +308,46 @@ mod tests {
         tokio::time::advance(MAX_BACKOFF).await;
         b.allow().expect("a third probe: nothing leaked").success();
         assert!(!b.is_open());
+    }
+
+    #[test]
+    fn cluster_breakers_follow_the_hash_slot() {
+        let set = Breakers::new(metrics::Gauge::noop(), true);
+        // The slots Redis computes (CLUSTER KEYSLOT): "foo" 12182, "{user1000}.following" 3443,
+        // "rate_limit:{user:a}:minute" 12527.
+        let slot = |k: &[u8]| crc16::State::<crc16::XMODEM>::calculate(hash_tag(k)) % 16_384;
+        assert_eq!(slot(b"foo"), 12_182);
+        assert_eq!(slot(b"{user1000}.following"), 3_443);
+        assert_eq!(slot(b"rate_limit:{user:a}:minute"), 12_527);
+        assert_eq!(slot(b"{user1000}.followers"), 3_443);
+        assert_eq!(hash_tag(b"foo{}{bar}"), b"foo{}{bar}", "an empty tag hashes the whole key");
+        // One identity's keys share a breaker; failures there leave other slots' breakers closed.
+        let a = set.of(b"rate_limit:{user:a}:minute");
+        assert!(std::ptr::eq(a, set.of(b"rate_limit:{user:a}:day")));
+        for _ in 0..FAILURES_TO_OPEN {
+            a.allow().expect("closed").failure("down");
+        }
+        assert!(a.is_open() && set.any_open());
+        let other =
+            (0..100).map(|i| format!("rate_limit:{{user:{i}}}:minute")).find(|k| !set.of(k.as_bytes()).is_open());
+        assert!(other.is_some(), "another slot group is still closed");
+        let single = Breakers::new(metrics::Gauge::noop(), false);
+        assert!(std::ptr::eq(single.of(b"x"), single.of(b"{y}")), "one breaker for a single Redis");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_breaker_nobody_calls_stops_counting_as_open() {
+        let set = Breakers::new(metrics::Gauge::noop(), false);
+        let b = set.of(&[]);
+        for _ in 0..FAILURES_TO_OPEN {
+            b.allow().expect("closed").failure("down");
+        }
+        set.close_idle();
+        assert!(set.any_open(), "just opened");
+        tokio::time::advance(FIRST_BACKOFF + MAX_BACKOFF).await;
+        set.close_idle();
+        assert!(!set.any_open(), "nobody called it for the longest backoff after its interval");
+        b.allow().expect("closed").failure("still down");
+        assert!(set.any_open(), "one more failure opens it again at once");
     }
 }

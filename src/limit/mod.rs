@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use crate::identity::IdentityKey;
 pub use crate::route::OnError;
 pub use batch::Batching;
-pub use breaker::Breaker;
+pub use breaker::{Breaker, Breakers};
 pub use local::{LocalLease, LocalLimiter};
 pub use negative::NegativeCache;
 pub use redis::{Ask, RedisLease, RedisStore, RedisTarget};
@@ -350,7 +350,7 @@ pub struct Limiter {
     store: Store,
     /// The memory store; for Redis, the degraded-mode limiter behind `on_error = "local"`.
     local: LocalLimiter,
-    breaker: Breaker,
+    breakers: Breakers,
     negative: NegativeCache,
     timeout: Duration,
     duration: metrics::Histogram,
@@ -410,10 +410,11 @@ impl Limiter {
     }
 
     pub fn with_store(store: Store, clock: Clock, timeout: Duration) -> Limiter {
+        let cluster = matches!(&store, Store::Redis(r) if r.is_cluster());
         Limiter {
             store,
             local: LocalLimiter::new(clock),
-            breaker: Breaker::new(metrics::gauge!(crate::metrics::STORAGE_FALLBACK)),
+            breakers: Breakers::new(metrics::gauge!(crate::metrics::STORAGE_FALLBACK), cluster),
             negative: NegativeCache::default(),
             timeout,
             duration: metrics::histogram!(crate::metrics::STORAGE_DURATION),
@@ -434,6 +435,12 @@ impl Limiter {
 
     pub fn negative_cache(&self) -> &NegativeCache {
         &self.negative
+    }
+
+    /// The breaker guarding `key`'s calls: the store's one, or on Redis Cluster the one of its
+    /// hash slot's group (keys of one identity share a hash tag, the identity itself).
+    fn breaker(&self, key: &IdentityKey) -> &Breaker {
+        if self.breakers.is_single() { self.breakers.of(&[]) } else { self.breakers.of(key.to_string().as_bytes()) }
     }
 
     /// Decides one request. `fallback` is the plan with limits divided by `local_share_divisor`;
@@ -459,7 +466,7 @@ impl Limiter {
         if batching.is_on() {
             return self.check_batched(redis, key, plan, fallback, on_error, batching, now).await;
         }
-        let Some(permit) = self.breaker.allow() else {
+        let Some(permit) = self.breaker(key).allow() else {
             return self.degraded(key, fallback, on_error);
         };
         let started = std::time::Instant::now();
@@ -547,7 +554,7 @@ impl Limiter {
             }
         };
         let asked = want > 0;
-        let Some(permit) = self.breaker.allow() else {
+        let Some(permit) = self.breaker(key).allow() else {
             undo();
             if asked {
                 self.book.settled(key, plan);
@@ -601,7 +608,8 @@ impl Limiter {
                     self.units.lost.increment(b.units);
                 }
                 if disconnected {
-                    self.forfeit_all();
+                    // On a cluster only this caller's shard is known to be gone.
+                    if redis.is_cluster() { self.book.forfeit(Some(key)) } else { self.forfeit_all() }
                 }
                 self.degraded(key, fallback, on_error)
             }
@@ -629,9 +637,11 @@ impl Limiter {
     }
 
     /// Ends expired reservations and gives their unspent units back (with `all`: every reservation,
-    /// at drain), and releases pooled slots idle for `quota_batch_ttl`. Called on a timer.
+    /// at drain), and releases pooled slots idle for `quota_batch_ttl`; closes breakers nobody calls
+    /// any more. Called on a timer (every quarter of `quota_batch_ttl`, at most every second).
     pub async fn return_expired(&self, batching: Batching, all: bool) {
         let Store::Redis(redis) = &self.store else { return };
+        self.breakers.close_idle();
         let mut batch = self.book.collect(batching, self.local.clock().now_ms(), all);
         if let Ok(mut pending) = self.pending.lock() {
             batch.append(&mut pending);
@@ -647,7 +657,7 @@ impl Limiter {
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, units, "returning reserved units failed; they leave with their windows");
                 self.units.lost.increment(units);
-                if e.kind() == "connect" {
+                if e.kind() == "connect" && !redis.is_cluster() {
                     self.forfeit_all();
                 }
             }
@@ -688,7 +698,7 @@ impl Limiter {
     /// The caller's windows without consuming anything (the quota endpoint).
     pub async fn peek(&self, key: &IdentityKey, plan: &Plan) -> Result<Decision, StoreUnavailable> {
         let Store::Redis(redis) = &self.store else { return Ok(self.local.peek(key, plan)) };
-        let permit = self.breaker.allow().ok_or(StoreUnavailable)?;
+        let permit = self.breaker(key).allow().ok_or(StoreUnavailable)?;
         self.calls.quota.increment(1);
         settle(permit, tokio::time::timeout(self.timeout, redis.decide(key, plan, false, Ask::default())).await)
             .map(|(d, _)| d)
@@ -699,7 +709,12 @@ impl Limiter {
     /// tier and must not remember the failure as "no override").
     pub async fn tier_override(&self, user: &str) -> Result<Option<String>, StoreUnavailable> {
         let Store::Redis(redis) = &self.store else { return Ok(None) };
-        let permit = self.breaker.allow().ok_or(StoreUnavailable)?;
+        let breaker = if self.breakers.is_single() {
+            self.breakers.of(&[])
+        } else {
+            self.breakers.of(format!("user_tier:{user}").as_bytes())
+        };
+        let permit = breaker.allow().ok_or(StoreUnavailable)?;
         self.calls.tier.increment(1);
         settle(permit, tokio::time::timeout(self.timeout, redis.tier_override(user)).await)
     }
@@ -713,7 +728,7 @@ impl Limiter {
         self.book.forfeit(Some(key));
         self.local.reset(key, plan);
         let Store::Redis(redis) = &self.store else { return Ok(()) };
-        let permit = self.breaker.allow().ok_or(StoreUnavailable)?;
+        let permit = self.breaker(key).allow().ok_or(StoreUnavailable)?;
         self.calls.reset.increment(1);
         let done = settle(permit, tokio::time::timeout(self.timeout, redis.reset(key, plan)).await);
         // A refusal remembered while the DEL was in flight would outlive the reset.
@@ -729,6 +744,6 @@ impl Limiter {
 
     /// Degraded right now (decisions follow `on_error`).
     pub fn degraded_now(&self) -> bool {
-        self.breaker.is_open()
+        self.breakers.any_open()
     }
 }

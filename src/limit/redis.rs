@@ -121,6 +121,7 @@ pub struct RedisStore {
     time_offset_ms: Arc<AtomicI64>,
     member_seq: AtomicU64,
     instance: u64,
+    cluster: bool,
 }
 
 /// Leases this replica holds, for renewal: in flight, and (quota batching) idle in the pool, kept
@@ -307,7 +308,13 @@ impl RedisStore {
             time_offset_ms,
             member_seq: AtomicU64::new(0),
             instance: h.finish(),
+            cluster: !target.cluster_nodes.is_empty(),
         })
+    }
+
+    /// Connected to a Redis Cluster (rather than one Redis).
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
     }
 
     /// Moves the store's notion of time (tests only; production never calls it).
