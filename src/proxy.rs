@@ -123,16 +123,11 @@ impl Proxy {
         snap.metrics.record(ctx.tier, ctx.class, ctx.outcome, elapsed.as_secs_f64());
         let tier = ctx.tier.map_or(crate::metrics::NO_TIER, |t| &snap.tiers[t].name);
         let status = resp.status().as_u16();
-        let refused = matches!(
-            ctx.outcome,
-            Outcome::Limited | Outcome::ShadowLimited | Outcome::TooLarge | Outcome::Unauthorized
-        );
-        if refused && !logging {
-            tracing::info!(%method, path = uri.path(), status, tier, class = ctx.class.as_str(), decision = ctx.outcome.as_str(), peer = %conn.peer, "request refused");
-        } else {
-            // With the access log on, refusals are in it: the diagnostic stays at debug.
-            tracing::debug!(%method, path = uri.path(), status, tier, class = ctx.class.as_str(), decision = ctx.outcome.as_str(), seconds = elapsed.as_secs_f64(), "request");
-        }
+        // One line per request is the access log's job (`log.access`); under a 429 flood a
+        // diagnostic line per refusal would be the most expensive thing tiergate does (~14k
+        // instructions each, scripts/refusal-cost.sh), so this stays at debug. Refusals are counted
+        // in tiergate_requests_total either way.
+        tracing::debug!(%method, path = uri.path(), status, tier, class = ctx.class.as_str(), decision = ctx.outcome.as_str(), peer = %conn.peer, seconds = elapsed.as_secs_f64(), "request");
 
         // The access log: tiergate's own responses at once (their size is known), the upstream's
         // (with `all`) when their body has been sent.
