@@ -83,14 +83,14 @@ fn identity(c: &mut Criterion) {
 fn headers(c: &mut Criterion) {
     let snap = snapshot();
     let lim = LocalLimiter::new(Clock::System);
-    let (plan, policy) = snap.tiers[0].plan(Class::Api);
+    let (plan, plan_headers) = snap.tiers[0].plan(Class::Api);
     let key = IdentityKey::User(Arc::from("u"));
     let decision = lim.check(&key, plan);
     c.bench_function("headers/security + rate-limit", |b| {
         b.iter(|| {
             let mut h = HeaderMap::with_capacity(16);
             snap.decorator.security(&mut h);
-            snap.decorator.rate_limit(&mut h, plan, policy, &decision);
+            snap.decorator.rate_limit(&mut h, plan_headers, &decision);
             black_box(h)
         })
     });

@@ -163,12 +163,17 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop headers, including every header named in `Connection`. When `keep_upgrade`
 /// is set (an upgrade being passed through) `Upgrade` and `Connection: upgrade` survive.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // `Connection: keep-alive` or `upgrade` (nearly every one) names only headers the fixed list
+    // below removes anyway: only other tokens are collected (which allocates).
+    let listed = |t: &str| HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h.as_str()));
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !listed(t))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for name in named {
         if !(keep_upgrade && name == header::UPGRADE) {

@@ -1,8 +1,10 @@
 //! Response decoration: security headers and rate-limit headers. The only place either is added.
 //!
 //! Everything that does not depend on the request is built when the snapshot compiles: the
-//! security header values, the `RateLimit-Policy` value per (tier, class), the header names.
-//! Per response only the numbers are formatted.
+//! security header values, and per (tier, class) the `RateLimit-Policy` value and each window's
+//! limit and name ([`PlanHeaders`]). Per response only the numbers are formatted: small ones come
+//! from a table built once, the `RateLimit` value is written on the stack, so a decorated response
+//! costs one allocation per dynamic number at most.
 
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
@@ -76,29 +78,86 @@ impl Decorator {
     }
 
     /// The rate-limit headers for the binding window of `decision`.
-    pub fn rate_limit(&self, headers: &mut HeaderMap, plan: &Plan, policy: Option<&HeaderValue>, decision: &Decision) {
+    pub fn rate_limit(&self, headers: &mut HeaderMap, plan: &PlanHeaders, decision: &Decision) {
         let Some(b) = decision.binding else { return };
-        let name: &str = match b.window {
-            Some(i) => plan.windows.get(i).map_or(CONCURRENT, |w| &w.name),
-            None => CONCURRENT,
+        let window = match b.window {
+            Some(i) => plan.windows.get(i),
+            None => plan.concurrent.as_ref(),
         };
+        let Some(window) = window else { return };
         let reset_secs = b.reset_ms.div_ceil(1000);
         if self.legacy {
-            headers.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(b.limit));
-            headers.insert(X_RATELIMIT_REMAINING.clone(), HeaderValue::from(b.remaining));
-            headers.insert(X_RATELIMIT_RESET.clone(), HeaderValue::from(reset_secs));
-            if let Ok(v) = HeaderValue::from_str(name) {
-                headers.insert(X_RATELIMIT_WINDOW.clone(), v);
-            }
+            // The binding window's limit is the plan's, except when a reload changed it mid-flight.
+            let limit = if window.limit == b.limit { window.limit_value.clone() } else { number(b.limit) };
+            headers.insert(X_RATELIMIT_LIMIT.clone(), limit);
+            headers.insert(X_RATELIMIT_REMAINING.clone(), number(b.remaining));
+            headers.insert(X_RATELIMIT_RESET.clone(), number(reset_secs));
+            headers.insert(X_RATELIMIT_WINDOW.clone(), window.name.clone());
         }
         if self.ietf {
-            if let Some(p) = policy {
+            if let Some(p) = &plan.policy {
                 headers.insert(RATELIMIT_POLICY.clone(), p.clone());
             }
             let t = b.reset_ms.saturating_sub(decision.now_ms).div_ceil(1000);
-            if let Ok(v) = HeaderValue::from_str(&format!("\"{name}\";r={};t={t}", b.remaining)) {
-                headers.insert(RATELIMIT.clone(), v);
+            // `"name";r=R;t=T`, written on the stack (a window name is at most 64 bytes).
+            let mut buf = [0u8; 128];
+            let mut w = std::io::Cursor::new(&mut buf[..]);
+            if std::io::Write::write_fmt(&mut w, format_args!("{};r={};t={t}", window.quoted, b.remaining)).is_ok() {
+                let len = w.position() as usize;
+                if let Ok(v) = HeaderValue::from_bytes(&buf[..len]) {
+                    headers.insert(RATELIMIT.clone(), v);
+                }
             }
+        }
+    }
+}
+
+/// Numbers below this come from a table built once (a clone shares it); larger ones are formatted.
+const SMALL: u64 = 4096;
+
+/// A header value for `n`, without allocating when it is small.
+fn number(n: u64) -> HeaderValue {
+    static TABLE: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
+    if n < SMALL {
+        let table = TABLE.get_or_init(|| (0..SMALL).map(HeaderValue::from).collect());
+        if let Some(v) = table.get(n as usize) {
+            return v.clone();
+        }
+    }
+    HeaderValue::from(n)
+}
+
+/// One window's constant header parts.
+#[derive(Clone, Debug)]
+pub struct WindowHeaders {
+    pub limit: u64,
+    limit_value: HeaderValue,
+    /// `X-RateLimit-Window`.
+    name: HeaderValue,
+    /// The name quoted, as `RateLimit` writes it.
+    quoted: String,
+}
+
+/// The header values of one plan that never change per request: built when the snapshot compiles.
+#[derive(Clone, Debug, Default)]
+pub struct PlanHeaders {
+    pub policy: Option<HeaderValue>,
+    windows: Vec<WindowHeaders>,
+    concurrent: Option<WindowHeaders>,
+}
+
+impl PlanHeaders {
+    pub fn new(plan: &Plan) -> PlanHeaders {
+        let window = |name: &str, limit: u64| WindowHeaders {
+            limit,
+            limit_value: HeaderValue::from(limit),
+            name: HeaderValue::from_str(name).unwrap_or_else(|_| HeaderValue::from_static("window")),
+            quoted: format!("\"{name}\""),
+        };
+        PlanHeaders {
+            policy: policy_header(plan),
+            windows: plan.windows.iter().map(|w| window(&w.name, w.limit)).collect(),
+            concurrent: plan.concurrency.map(|c| window(CONCURRENT, c)),
         }
     }
 }

@@ -114,8 +114,8 @@ impl Proxy {
         // Decorate: every response, errors included.
         snap.decorator.security(resp.headers_mut());
         if let (Some(tier), Some(decision)) = (ctx.tier, &ctx.decision) {
-            let (plan, policy) = snap.tiers[tier].plan(ctx.class);
-            snap.decorator.rate_limit(resp.headers_mut(), plan, policy, decision);
+            let (_, plan_headers) = snap.tiers[tier].plan(ctx.class);
+            snap.decorator.rate_limit(resp.headers_mut(), plan_headers, decision);
         }
 
         // Record.

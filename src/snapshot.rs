@@ -19,7 +19,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 
 use crate::access::AccessMode;
 use crate::config::{Backend, Config, ConfigErrors, HeadersConfig, TierConfig, format_duration};
-use crate::headers::{Decorator, Environment, PERMISSIONS_POLICY, X_XSS_PROTECTION, policy_header};
+use crate::headers::{Decorator, Environment, PERMISSIONS_POLICY, PlanHeaders, X_XSS_PROTECTION};
 use crate::identity::TierSource;
 use crate::identity::{IdentityRules, KeyRules, RemoteKeys, Verifier, VerifyKey, keys_from_jwks};
 use crate::limit::Algorithm as LimitAlgorithm;
@@ -61,7 +61,8 @@ pub struct Tier {
     pub plans: [Plan; 3],
     /// The same plans with every limit divided by `storage.local_share_divisor` (degraded mode).
     pub fallback_plans: [Plan; 3],
-    pub policies: [Option<HeaderValue>; 3],
+    /// The constant rate-limit header values of each plan (policy, each window's limit and name).
+    pub headers: [PlanHeaders; 3],
     /// Every window of the tier and its concurrency cap (the quota endpoint).
     pub quota_plan: Plan,
     /// `file_upload_size_mb` in bytes; `None`: no cap.
@@ -70,9 +71,9 @@ pub struct Tier {
 
 impl Tier {
     /// The plan and its policy header for a limited class (`exempt` never reaches here).
-    pub fn plan(&self, class: Class) -> (&Plan, Option<&HeaderValue>) {
+    pub fn plan(&self, class: Class) -> (&Plan, &PlanHeaders) {
         let i = (class as usize).min(2);
-        (&self.plans[i], self.policies[i].as_ref())
+        (&self.plans[i], &self.headers[i])
     }
 
     pub fn fallback_plan(&self, class: Class) -> &Plan {
@@ -415,7 +416,7 @@ fn compile_tier(t: &TierConfig, algorithm: LimitAlgorithm, divisor: u64) -> Tier
         Plan { algorithm, windows, concurrency }
     };
     let plans = [plan_for(Class::General), plan_for(Class::Api), plan_for(Class::DataExport)];
-    let policies = [policy_header(&plans[0]), policy_header(&plans[1]), policy_header(&plans[2])];
+    let headers = [PlanHeaders::new(&plans[0]), PlanHeaders::new(&plans[1]), PlanHeaders::new(&plans[2])];
     // Degraded mode: each replica gets its share; a positive limit never rounds down to zero.
     let share = |p: &Plan| Plan {
         algorithm: p.algorithm,
@@ -440,7 +441,7 @@ fn compile_tier(t: &TierConfig, algorithm: LimitAlgorithm, divisor: u64) -> Tier
         header: HeaderValue::from_str(&t.name).unwrap_or(HeaderValue::from_static("unknown")),
         plans,
         fallback_plans,
-        policies,
+        headers,
         quota_plan,
         upload_cap: (t.file_upload_size_mb >= 0).then(|| (t.file_upload_size_mb as u64).saturating_mul(MIB)),
     }
