@@ -106,8 +106,8 @@ pub struct StorageConfig {
     pub local_share_divisor: u64,
     pub lease_ttl: Duration,
     pub algorithm: Algorithm,
-    /// Units a replica may reserve per caller and window (0: every decision asks Redis). Read and
-    /// checked; reserving is not built yet, so tiergate says so at start and asks Redis every time.
+    /// Units a replica may reserve per caller beyond a request, in every window, and concurrency
+    /// slots it may keep (0: every decision asks Redis). Redis store only (`limit::batch`).
     pub quota_batch: u64,
     pub quota_batch_ttl: Duration,
 }
