@@ -106,11 +106,14 @@ fn main() -> ExitCode {
             // process globals (crypto provider, metrics recorder) go in before it compiles, so its
             // metric handles count into the recorder /metrics renders.
             tiergate::app::install_process_globals();
-            let (_, snapshot) = match load(&cli.config) {
+            let (config, snapshot) = match load(&cli.config) {
                 Ok(loaded) => loaded,
                 Err(code) => return code,
             };
             init_logging("info");
+            if let Some(note) = tiergate::snapshot::ineffective(&config) {
+                tracing::warn!("{note}");
+            }
             let Some(rt) = runtime(cli.workers) else { return ExitCode::FAILURE };
             let code = rt.block_on(run(snapshot, cli.config));
             // A write to a stdout nobody reads (the access log) may never return: do not wait on it.

@@ -355,8 +355,40 @@ pub fn describe(config: &Config) -> String {
             let shadow = if r.shadow { " (shadow)" } else { "" };
             let _ = writeln!(out, "  {:<24} -> {}{methods}{shadow}", r.prefix, r.class.as_str());
         }
+        let st = &config.storage;
+        match st.backend {
+            Backend::Memory => {
+                let _ = writeln!(out, "\nstorage: memory (this process only)");
+            }
+            Backend::Redis => {
+                let batching = if st.quota_batch == 0 {
+                    "off".to_string()
+                } else {
+                    format!("up to {} units per caller, for {}", st.quota_batch, format_duration(st.quota_batch_ttl))
+                };
+                let on_error = match st.on_error {
+                    crate::route::OnError::Allow => "allow",
+                    crate::route::OnError::Deny => "deny",
+                    crate::route::OnError::Local => "local",
+                };
+                let _ = writeln!(out, "\nstorage: redis, on_error = {on_error}; quota batching: {batching}");
+            }
+        }
+        if let Some(note) = ineffective(config) {
+            let _ = writeln!(out, "note: {note}");
+        }
         out
     }
+}
+
+/// A setting that is valid but does nothing in this config (said by `check` and at start).
+pub fn ineffective(config: &Config) -> Option<String> {
+    (config.storage.backend == Backend::Memory && config.storage.quota_batch > 0).then(|| {
+        format!(
+            "storage.quota_batch = {} has no effect on the memory store (it batches Redis round trips)",
+            config.storage.quota_batch
+        )
+    })
 }
 
 /// The security header values for the environment (empty: not sent), built once.

@@ -43,6 +43,26 @@ fn check_accepts_the_repository_config_and_prints_the_table() {
 }
 
 #[test]
+fn check_says_the_storage_and_a_setting_that_does_nothing() {
+    let out =
+        tiergate().args(["check", "--config", "config.toml"]).env("JWT_SECRET_KEY", "x".repeat(32)).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("storage: memory"), "{stdout}");
+    assert!(!stdout.contains("note:"), "nothing to note in the repository's config: {stdout}");
+    let dir = scratch("quota-batch-memory");
+    let text =
+        std::fs::read_to_string("config.toml").unwrap().replace("\n[storage]\n", "\n[storage]\nquota_batch = 20\n");
+    assert!(text.contains("quota_batch = 20"), "config.toml has a [storage] section");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = tiergate().args(["check", "--config"]).arg(&path).env("JWT_SECRET_KEY", "x".repeat(32)).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "valid, only ineffective: {stdout}");
+    assert!(stdout.contains("note: storage.quota_batch = 20 has no effect on the memory store"), "{stdout}");
+}
+
+#[test]
 fn check_lists_every_problem_with_its_key_and_exits_64() {
     let dir = scratch("bad");
     let path = write_config(
