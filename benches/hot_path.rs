@@ -21,11 +21,11 @@ use tiergate::snapshot::{Secrets, Snapshot};
 
 fn plan(algorithm: Algorithm) -> Plan {
     let w = |name: &str, limit, secs: u64| WindowSpec { name: Arc::from(name), limit, window_ms: secs * 1000 };
-    Plan {
+    Plan::new(
         algorithm,
-        windows: vec![w("minute", 1_000_000, 60), w("hour", 10_000_000, 3600), w("day", 100_000_000, 86_400)],
-        concurrency: None,
-    }
+        vec![w("minute", 1_000_000, 60), w("hour", 10_000_000, 3600), w("day", 100_000_000, 86_400)],
+        None,
+    )
 }
 
 fn limiter(c: &mut Criterion) {

@@ -445,29 +445,28 @@ fn compile_tier(t: &TierConfig, algorithm: LimitAlgorithm, divisor: u64) -> Tier
                 });
             }
         }
-        Plan { algorithm, windows, concurrency }
+        Plan::new(algorithm, windows, concurrency)
     };
     let plans = [plan_for(Class::General), plan_for(Class::Api), plan_for(Class::DataExport)];
     let headers = [PlanHeaders::new(&plans[0]), PlanHeaders::new(&plans[1]), PlanHeaders::new(&plans[2])];
     // Degraded mode: each replica gets its share; a positive limit never rounds down to zero.
-    let share = |p: &Plan| Plan {
-        algorithm: p.algorithm,
-        windows: p
-            .windows
-            .iter()
-            .map(|w| WindowSpec { limit: w.limit.div_ceil(divisor.max(1)), ..w.clone() })
-            .collect(),
-        concurrency: p.concurrency.map(|c| c.div_ceil(divisor.max(1))),
+    let share = |p: &Plan| {
+        Plan::new(
+            p.algorithm,
+            p.windows.iter().map(|w| WindowSpec { limit: w.limit.div_ceil(divisor.max(1)), ..w.clone() }).collect(),
+            p.concurrency.map(|c| c.div_ceil(divisor.max(1))),
+        )
     };
     let fallback_plans = [share(&plans[0]), share(&plans[1]), share(&plans[2])];
-    let mut quota_plan = Plan { algorithm, windows: Vec::new(), concurrency };
+    let mut every: Vec<WindowSpec> = Vec::new();
     for p in &plans {
         for w in &p.windows {
-            if !quota_plan.windows.iter().any(|q| q.name == w.name) {
-                quota_plan.windows.push(w.clone());
+            if !every.iter().any(|q| q.name == w.name) {
+                every.push(w.clone());
             }
         }
     }
+    let quota_plan = Plan::new(algorithm, every, concurrency);
     Tier {
         name: Arc::from(t.name.as_str()),
         header: HeaderValue::from_str(&t.name).unwrap_or(HeaderValue::from_static("unknown")),

@@ -472,11 +472,8 @@ async fn switching_algorithms_reuses_keys_without_errors() {
         Algorithm::FixedWindow,
         Algorithm::Gcra,
     ] {
-        let plan = Plan {
-            algorithm,
-            windows: vec![WindowSpec { name: Arc::from("minute"), limit: 100, window_ms: 60_000 }],
-            concurrency: None,
-        };
+        let plan =
+            Plan::new(algorithm, vec![WindowSpec { name: Arc::from("minute"), limit: 100, window_ms: 60_000 }], None);
         for _ in 0..3 {
             let d = store
                 .decide(&key, &plan, true, tiergate::limit::Ask::default())
@@ -506,11 +503,11 @@ async fn lua_script_matches_the_memory_model() {
         for round in 0..4 {
             let w = |name: &str, limit: u64, ms: u64| WindowSpec { name: Arc::from(name), limit, window_ms: ms };
             let short = 1_000 + next() % 4_000;
-            let plan = Plan {
+            let plan = Plan::new(
                 algorithm,
-                windows: vec![w("short", 1 + next() % 6, short), w("long", 2 + next() % 15, short * (2 + next() % 4))],
-                concurrency: None,
-            };
+                vec![w("short", 1 + next() % 6, short), w("long", 2 + next() % 15, short * (2 + next() % 4))],
+                None,
+            );
             let clock = Clock::manual(0);
             let model = LocalLimiter::new(clock.clone());
             let key = IdentityKey::User(Arc::from(format!("model-{algorithm:?}-{round}")));

@@ -326,14 +326,11 @@ mod tests {
     use super::*;
 
     fn plan(algorithm: Algorithm, windows: &[(&str, u64, u64)], concurrency: Option<u64>) -> Plan {
-        Plan {
+        Plan::new(
             algorithm,
-            windows: windows
-                .iter()
-                .map(|(n, l, w)| WindowSpec { name: Arc::from(*n), limit: *l, window_ms: *w })
-                .collect(),
+            windows.iter().map(|(n, l, w)| WindowSpec { name: Arc::from(*n), limit: *l, window_ms: *w }).collect(),
             concurrency,
-        }
+        )
     }
 
     fn user(id: &str) -> IdentityKey {

@@ -110,30 +110,36 @@ pub struct WindowSpec {
 }
 
 /// What applies to one (tier, class): rate windows (unlimited ones left out) and the concurrency cap.
+/// Built with [`Plan::new`], which also takes its fingerprint once.
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub algorithm: Algorithm,
     pub windows: Vec<WindowSpec>,
     pub concurrency: Option<u64>,
+    fingerprint: u64,
 }
 
 impl Plan {
+    pub fn new(algorithm: Algorithm, windows: Vec<WindowSpec>, concurrency: Option<u64>) -> Plan {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (algorithm as u8).hash(&mut h);
+        for w in &windows {
+            (&*w.name, w.limit, w.window_ms).hash(&mut h);
+        }
+        concurrency.hash(&mut h);
+        Plan { algorithm, windows, concurrency, fingerprint: h.finish() }
+    }
+
     /// Nothing to count: no store call at all.
     pub fn is_unlimited(&self) -> bool {
         self.windows.is_empty() && self.concurrency.is_none()
     }
 
     /// Tells plans apart by what they count (algorithm, windows, cap): a reservation taken under one
-    /// plan is only spent under the same one, across reloads too.
+    /// plan is only spent under the same one, across reloads too. Taken when the plan is built.
     pub fn fingerprint(&self) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (self.algorithm as u8).hash(&mut h);
-        for w in &self.windows {
-            (&*w.name, w.limit, w.window_ms).hash(&mut h);
-        }
-        self.concurrency.hash(&mut h);
-        h.finish()
+        self.fingerprint
     }
 }
 
@@ -673,14 +679,6 @@ impl Limiter {
     /// Units of ended reservations waiting for the returner (quota batching).
     pub fn returning_units(&self) -> u64 {
         self.pending.lock().map_or(0, |p| p.iter().map(|g| g.units).sum())
-    }
-
-    /// Idle concurrency slots this replica holds right now (quota batching).
-    pub fn pooled_slots(&self) -> usize {
-        match &self.store {
-            Store::Redis(redis) => redis.idle_slots(),
-            Store::Memory => 0,
-        }
     }
 
     /// The store could not answer. The policy is decided here and only here:

@@ -470,11 +470,6 @@ impl RedisStore {
         self.leases.live.lock().map_or(0, |live| live.get(&key).map_or(0, |s| s.len() as u64))
     }
 
-    /// Slots parked idle right now (tests, the status view).
-    pub fn idle_slots(&self) -> usize {
-        self.leases.idle.lock().map_or(0, |idle| idle.values().map(Vec::len).sum())
-    }
-
     /// Gives unspent reserved units back to their windows: one call for everything on one Redis,
     /// one per caller (its own hash tag, so its own slot) on Redis Cluster. Returns the calls made.
     pub async fn give_back(&self, batch: &[super::batch::GiveBack]) -> Result<u64, StoreError> {
