@@ -210,16 +210,31 @@ impl Breakers {
 
     /// The breaker guarding calls on `key` (a Redis key, or the hash tag inside its braces).
     pub fn of(&self, key: &[u8]) -> &Breaker {
+        self.of_slot(|| crc16::State::<crc16::XMODEM>::calculate(hash_tag(key)))
+    }
+
+    /// The breaker guarding an identity's keys, `{prefix}:{<identity>}:…`: the identity is their hash
+    /// tag (up to a `}` in it, as Redis reads it). Hashed as it is written, with no allocation.
+    pub fn of_tag(&self, identity: &impl std::fmt::Display) -> &Breaker {
+        self.of_slot(|| {
+            let mut tag = TagCrc { crc: crc16::State::<crc16::XMODEM>::new(), closed: false };
+            let _ = std::fmt::Write::write_fmt(&mut tag, format_args!("{identity}"));
+            tag.crc.get()
+        })
+    }
+
+    /// The breaker guarding a key built only when needed (a cluster): `key` is not called for a
+    /// single Redis.
+    pub fn of_key(&self, key: impl FnOnce() -> String) -> &Breaker {
+        self.of_slot(|| crc16::State::<crc16::XMODEM>::calculate(hash_tag(key().as_bytes())))
+    }
+
+    fn of_slot(&self, crc: impl FnOnce() -> u16) -> &Breaker {
         if self.each.len() == 1 {
             return &self.each[0];
         }
-        let slot = usize::from(crc16::State::<crc16::XMODEM>::calculate(hash_tag(key)) % 16_384);
+        let slot = usize::from(crc() % 16_384);
         &self.each[slot * self.each.len() / 16_384]
-    }
-
-    /// One breaker for the whole store (a single Redis): [`Breakers::of`] needs no key.
-    pub fn is_single(&self) -> bool {
-        self.each.len() == 1
     }
 
     /// Closes breakers left open by callers that stopped calling (on a cluster, a slot group only
@@ -237,6 +252,23 @@ impl Breakers {
     /// Some breaker is open: some decisions follow `on_error`.
     pub fn any_open(&self) -> bool {
         self.open.any()
+    }
+}
+
+/// CRC16 of a hash tag as it is written: everything up to the first `}`.
+struct TagCrc {
+    crc: crc16::State<crc16::XMODEM>,
+    closed: bool,
+}
+
+impl std::fmt::Write for TagCrc {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if !self.closed {
+            let part = s.split('}').next().unwrap_or("");
+            self.crc.update(part.as_bytes());
+            self.closed = part.len() < s.len();
+        }
+        Ok(())
     }
 }
 
@@ -331,8 +363,15 @@ mod tests {
         let other =
             (0..100).map(|i| format!("rate_limit:{{user:{i}}}:minute")).find(|k| !set.of(k.as_bytes()).is_open());
         assert!(other.is_some(), "another slot group is still closed");
+        // An identity hashed as it is written picks the same breaker as its keys.
+        for id in ["user:a", "ip:10.0.0.7", "user:we}ird"] {
+            let key = format!("rate_limit:{{{id}}}:minute");
+            assert!(std::ptr::eq(set.of_tag(&id), set.of(key.as_bytes())), "{id}");
+            assert!(std::ptr::eq(set.of_key(|| key.clone()), set.of(key.as_bytes())), "{id}");
+        }
         let single = Breakers::new(metrics::Gauge::noop(), false);
         assert!(std::ptr::eq(single.of(b"x"), single.of(b"{y}")), "one breaker for a single Redis");
+        assert!(std::ptr::eq(single.of_key(|| unreachable!("no key is built for a single Redis")), single.of(b"x")));
     }
 
     #[tokio::test(start_paused = true)]

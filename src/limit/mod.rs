@@ -446,7 +446,7 @@ impl Limiter {
     /// The breaker guarding `key`'s calls: the store's one, or on Redis Cluster the one of its
     /// hash slot's group (keys of one identity share a hash tag, the identity itself).
     fn breaker(&self, key: &IdentityKey) -> &Breaker {
-        if self.breakers.is_single() { self.breakers.of(&[]) } else { self.breakers.of(key.to_string().as_bytes()) }
+        self.breakers.of_tag(key)
     }
 
     /// Decides one request. `fallback` is the plan with limits divided by `local_share_divisor`;
@@ -707,12 +707,7 @@ impl Limiter {
     /// tier and must not remember the failure as "no override").
     pub async fn tier_override(&self, user: &str) -> Result<Option<String>, StoreUnavailable> {
         let Store::Redis(redis) = &self.store else { return Ok(None) };
-        let breaker = if self.breakers.is_single() {
-            self.breakers.of(&[])
-        } else {
-            self.breakers.of(format!("user_tier:{user}").as_bytes())
-        };
-        let permit = breaker.allow().ok_or(StoreUnavailable)?;
+        let permit = self.breakers.of_key(|| format!("user_tier:{user}")).allow().ok_or(StoreUnavailable)?;
         self.calls.tier.increment(1);
         settle(permit, tokio::time::timeout(self.timeout, redis.tier_override(user)).await)
     }
