@@ -15,20 +15,9 @@ for tool in valgrind nginx curl; do command -v $tool >/dev/null || { echo "missi
 start_upstream
 sleep 0.5
 
-# Instructions for one run of tiergate (start, `count` admitted requests over keep-alive, SIGTERM).
-run() {
-  local mode=$1 count=$2 out="$work/cg.$1.$2"
-  write_bench_config 100000 -e "s#^access = .*#access = \"$mode\"#"
-  JWT_SECRET_KEY=cost-secret-0123456789abcdef RUST_LOG=warn \
-    valgrind --tool=callgrind --callgrind-out-file="$out" target/release/tiergate --workers 1 --config "$work/tiergate.toml" \
-    >"$work/stdout.$mode" 2>"$work/valgrind.$mode" &
-  local pid=$!
-  for _ in $(seq 1 300); do curl -fs -o /dev/null http://127.0.0.1:19901/readyz && break; sleep 0.1; done
-  if [ "$count" -gt 0 ]; then
-    curl -fs -o /dev/null "http://127.0.0.1:18080/api/items?[1-$count]"
-  fi
-  kill -TERM "$pid"; wait "$pid" || true
-  grep -E '^(summary|totals):' "$out" | head -1 | awk '{print $2}'
+run() { # mode count
+  write_bench_config 100000 -e "s#^access = .*#access = \"$1\"#"
+  callgrind_run "$1" "$2" /api/items -f
 }
 
 printf '%-8s %14s %14s %16s\n' "access" "start+stop" "with $n" "instr/request"

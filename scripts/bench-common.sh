@@ -80,3 +80,21 @@ measure() {
     "$(echo "($after - $before) * 1000000 / $hz / $reqs" | bc -l)" \
     "$(echo "$out" | awk '/Non-2xx/ {print $4}' | grep . || echo 0)" "$trips"
 }
+
+# Instructions (callgrind) for one run of tiergate on $work/tiergate.toml: start, COUNT requests to
+# PATH over keep-alive (curl's [1-COUNT] globbing), SIGTERM. Subtract a COUNT=0 run for the cost of
+# the requests alone. Args: tag count path [curl options...]
+callgrind_run() {
+  local tag=$1 count=$2 path=$3; shift 3
+  local out="$work/cg.$tag.$count"
+  JWT_SECRET_KEY=cost-secret-0123456789abcdef RUST_LOG=${RUST_LOG:-warn} \
+    valgrind --tool=callgrind --callgrind-out-file="$out" target/release/tiergate --workers 1 --config "$work/tiergate.toml" \
+    >/dev/null 2>"$work/valgrind.$tag" &
+  local pid=$!
+  for _ in $(seq 1 300); do curl -fs -o /dev/null http://127.0.0.1:19901/readyz && break; sleep 0.1; done
+  if [ "$count" -gt 0 ]; then
+    curl -s "$@" -o /dev/null "http://127.0.0.1:18080$path?[1-$count]"
+  fi
+  kill -TERM "$pid"; wait "$pid" || true
+  grep -E '^(summary|totals):' "$out" | head -1 | awk '{print $2}'
+}

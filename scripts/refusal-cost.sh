@@ -15,21 +15,10 @@ for tool in valgrind nginx curl; do command -v $tool >/dev/null || { echo "missi
 start_upstream
 sleep 0.5
 
-# Instructions for one run of tiergate (start, `count` refused requests over keep-alive, SIGTERM).
-run() {
-  local mode=$1 count=$2 out="$work/cg.$1.$2"
-  write_bench_config 100000 -e "s#^access = .*#access = \"$mode\"#"
+run() { # mode count: the api window admits nothing
+  write_bench_config 100000 -e "s#^access = .*#access = \"$1\"#"
   sed -i 's#^api_calls_per_minute = 1000000000#api_calls_per_minute = 0#' "$work/tiergate.toml"
-  JWT_SECRET_KEY=cost-secret-0123456789abcdef RUST_LOG=info \
-    valgrind --tool=callgrind --callgrind-out-file="$out" target/release/tiergate --workers 1 --config "$work/tiergate.toml" \
-    >/dev/null 2>"$work/stderr.$mode" &
-  local pid=$!
-  for _ in $(seq 1 300); do curl -fs -o /dev/null http://127.0.0.1:19901/readyz && break; sleep 0.1; done
-  if [ "$count" -gt 0 ]; then
-    curl -s -o /dev/null "http://127.0.0.1:18080/api/items?[1-$count]"
-  fi
-  kill -TERM "$pid"; wait "$pid" || true
-  grep -E '^(summary|totals):' "$out" | head -1 | awk '{print $2}'
+  RUST_LOG=info callgrind_run "$1" "$2" /api/items
 }
 
 printf '%-8s %14s %14s %16s\n' "access" "start+stop" "with $n" "instr/refusal"
