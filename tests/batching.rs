@@ -224,6 +224,36 @@ async fn remaining_never_rises_between_admitted_requests(algorithm: &str) {
 }
 
 #[tokio::test]
+async fn many_callers_reservations_go_back_in_one_call() {
+    let redis = RedisServer::start();
+    let clock = aligned_clock();
+    let gates = Gate::replicas(1, &storage(&redis.url(), "sliding_log"), &tier(10_000, -1), &clock).await;
+    let users = ["back-a", "back-b", "back-c", "back-d"];
+    let mut sent = Vec::new();
+    for user in users {
+        // Until Redis counts more than was admitted: this caller holds a reservation.
+        let t = token(user, "batch");
+        let mut n = 0;
+        while n < 10 || counted(&redis, user) == n {
+            assert_eq!(get_as(&gates[0].url("/x"), &t).await.status, 200);
+            n += 1;
+            assert!(n < 100, "{user}: no reservation outstanding");
+        }
+        sent.push(n);
+    }
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    // The reservations end; the replica's own returner (every quarter TTL) gives them back.
+    clock.advance(1_000);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while users.iter().zip(&sent).any(|(user, n)| counted(&redis, user) != *n) {
+        assert!(Instant::now() < deadline, "not every unspent unit went back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // (The return script's first call is refused NOSCRIPT and made again: Redis answers one.)
+    assert_eq!(redis.answered("evalsha"), 1, "four callers' reservations in one return call");
+}
+
+#[tokio::test]
 async fn a_heavy_caller_makes_under_a_tenth_of_a_round_trip_per_request() {
     let redis = RedisServer::start();
     let clock = aligned_clock();

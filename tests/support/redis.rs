@@ -138,6 +138,20 @@ impl RedisServer {
         stats.lines().find_map(|l| l.strip_prefix(&prefix)?.split(',').next()?.parse().ok()).unwrap_or(0)
     }
 
+    /// Calls to one command that Redis answered (not refused, e.g. an EVALSHA refused with NOSCRIPT
+    /// before redis-rs loads the script and calls again), since the last `CONFIG RESETSTAT`.
+    pub fn answered(&self, command: &str) -> u64 {
+        let stats = self.cli(&["INFO", "commandstats"]);
+        let prefix = format!("cmdstat_{command}:");
+        let failed = stats
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&prefix)?.split(',').find_map(|f| f.strip_prefix("failed_calls="))?.parse().ok()
+            })
+            .unwrap_or(0);
+        self.calls(command) - failed
+    }
+
     /// Every key (SCAN, not KEYS).
     pub fn keys(&self, pattern: &str) -> Vec<String> {
         self.cli(&["--scan", "--pattern", pattern]).lines().map(str::to_string).filter(|l| !l.is_empty()).collect()
