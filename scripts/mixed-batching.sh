@@ -12,8 +12,6 @@ cd "$(dirname "$0")/.."
 secs=${1:-20}
 batch=${2:-20}
 work=$(mktemp -d)
-redis_port=16395
-trap 'kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
 K6=${K6:-$(command -v k6 || echo "$HOME/.cache/tiergate-tools/k6-venv/bin/k6")}
 for tool in nginx taskset redis-server redis-cli bc "$K6"; do command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }; done
 [ -x target/release/tiergate ] || cargo build --release
@@ -21,37 +19,33 @@ export JWT_SECRET_KEY=mixed-secret-0123456789abcdef
 
 # shellcheck source=scripts/bench-common.sh
 . scripts/bench-common.sh
+trap bench_cleanup EXIT
+use_free_ports
 start_upstream
-taskset -c 1 redis-server --port $redis_port --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null &
-echo $! > "$work/redis.pid"
-until redis-cli -p $redis_port PING >/dev/null 2>&1; do sleep 0.05; done
+start_redis "$redis_port"
 
 write_bench_config 100000
 for i in $(seq 1 1000); do target/release/tiergate token --config "$work/tiergate.toml" --sub "light-$i" --tier bench; done > "$work/light.txt"
 for i in $(seq 1 10); do target/release/tiergate token --config "$work/tiergate.toml" --sub "heavy-$i" --tier bench; done > "$work/heavy.txt"
 
 run() { # quota_batch, groups
-  write_bench_config 100000 -e "s#^backend = .*#backend = \"redis\"\nurl = \"redis://127.0.0.1:$redis_port/0\"\nquota_batch = $1#"
-  RUST_LOG=warn taskset -c 0 target/release/tiergate --workers 1 --config "$work/tiergate.toml" 2>"$work/tiergate.err" &
-  local pid=$!
-  echo $pid > "$work/tiergate.pid"
-  until curl -fs http://127.0.0.1:19901/readyz >/dev/null 2>&1; do sleep 0.05; done
-  redis-cli -p $redis_port CONFIG RESETSTAT >/dev/null
+  write_bench_config 100000 -e "$(redis_storage "$redis_port" "$1")"
+  start_tiergate || { echo "tiergate did not start:"; cat "$work/tiergate.err"; exit 1; }
+  local pid=$tiergate_pid
+  redis-cli -p "$redis_port" CONFIG RESETSTAT >/dev/null
   local before after
   before=$(cpu_ticks "$pid")
   taskset -c 1 "$K6" run --quiet --no-usage-report --summary-export "$work/summary.json" \
-    -e GROUPS="$2" -e DURATION="${secs}s" -e LIGHT_TOKENS_FILE="$work/light.txt" -e HEAVY_TOKENS_FILE="$work/heavy.txt" \
+    -e BASE_URL="http://127.0.0.1:$tiergate_port" -e GROUPS="$2" -e DURATION="${secs}s" -e LIGHT_TOKENS_FILE="$work/light.txt" -e HEAVY_TOKENS_FILE="$work/heavy.txt" \
     loadtest/mixed.js >/dev/null 2>"$work/k6.err" || { echo "k6 failed:"; tail -5 "$work/k6.err"; }
   after=$(cpu_ticks "$pid")
   sleep 0.5
   local reqs calls
   reqs=$(python3 -c "import json;print(json.load(open('$work/summary.json'))['metrics']['http_reqs']['count'])")
-  calls=$(redis-cli -p $redis_port INFO commandstats |
-    awk -F'[:=,]' '/^cmdstat_(evalsha|eval|zrem|get):/ {s += $3} END {print s + 0}')
+  calls=$(redis_trips "$redis_port")
   printf 'quota_batch %-3s %-12s %8s requests  %7s Redis trips  %s trips/request  CPU %.1f us/request\n' "$1" "$2" "$reqs" "$calls" \
     "$(echo "$calls / $reqs" | bc -l | cut -c1-6)" "$(echo "($after - $before) * 1000000 / $(getconf CLK_TCK) / $reqs" | bc -l)"
-  kill $pid; wait $pid 2>/dev/null || true
-  rm -f "$work/tiergate.pid"
+  stop_pid tiergate
 }
 echo "k6 ${secs}s per run: 1,000 light callers at 1/s, 10 heavy at ${HEAVY_RATE:-200}/s; tiergate on core 0, k6 + upstream + redis on core 1"
 for b in 0 "$batch"; do
