@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Chart (SVG) or Markdown table of one scripts/bench.sh results file. Standard library only.
 
-    scripts/bench-chart.py RESULTS.tsv OUT.svg     horizontal bars: CPU µs per request, requests/s
+    scripts/bench-chart.py RESULTS.tsv OUT.svg [--note TEXT]
+                                                   horizontal bars: CPU µs per request, requests/s;
+                                                   TEXT, if given, in red under the title
     scripts/bench-chart.py --markdown RESULTS.tsv  the table for docs/PERFORMANCE.md, on stdout
 
 RESULTS.tsv: "# key<TAB>value" metadata lines, then a header row and one row per target
@@ -19,6 +21,7 @@ VALUE_W = 70
 PAD = 16
 TIERGATE = "#1f6fb2"
 PEER = "#8a8f98"
+FLOOR = "#c9ccd1"  # the upstream alone
 
 
 def read(path):
@@ -58,7 +61,7 @@ def panel(x0, y0, title, rows, key, fmt):
     top = max([v for _, v in items] or [1]) or 1
     y = y0 + 26
     for r, v in items:
-        colour = TIERGATE if r["target"].startswith("tiergate") else PEER
+        colour = TIERGATE if r["target"].startswith("tiergate") else FLOOR if r["target"] == "direct" else PEER
         w = max(1.0, v / top * PANEL_W)
         out.append(f'<text x="{x0 + LABEL_W - 8}" y="{y + BAR_H - 7}" text-anchor="end">{escape(r["label"])}</text>')
         out.append(f'<rect x="{x0 + LABEL_W}" y="{y}" width="{w:.1f}" height="{BAR_H}" fill="{colour}"/>')
@@ -67,14 +70,18 @@ def panel(x0, y0, title, rows, key, fmt):
     return out, y - y0
 
 
-def svg(meta, rows):
+def svg(meta, rows, note=None):
     width = PAD * 2 + LABEL_W + PANEL_W + VALUE_W
     parts = []
     y = PAD
     parts.append(f'<text x="{PAD}" y="{y + 16}" class="t">tiergate and peer proxies under the same load, one run (scripts/bench.sh)</text>')
     y += 26
+    if note:
+        parts.append(f'<text x="{PAD}" y="{y + 12}" class="n">{escape(note)}</text>')
+        y += 18
     for line in (
-        f'{meta.get("date", "?")} · {meta.get("machine", "?")}',
+        f'{meta.get("date", "?")} · load average at the start {meta.get("load", "?")}',
+        meta.get("machine", "?"),
         f'{meta.get("load generator", "")} · {meta.get("pinning", "")}',
         f'tiergate {meta.get("tiergate", "?")} · {meta.get("peers", "")}',
         "Absolute numbers drift between machines and runs: only ratios within one run count.",
@@ -98,12 +105,16 @@ def svg(meta, rows):
     return "\n".join([
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
-        "<style>.t{font-size:15px;font-weight:bold}.h{font-weight:bold}.s{fill:#555;font-size:11px}</style>",
+        "<style>.t{font-size:15px;font-weight:bold}.h{font-weight:bold}.s{fill:#555;font-size:11px}.n{fill:#b00020;font-weight:bold}</style>",
         f'<rect width="{width}" height="{height}" fill="#fff"/>',
         *parts,
         "</svg>",
         "",
     ])
+
+
+def duration(us):
+    return f"{us:.0f} µs" if us < 1000 else f"{us / 1000:.2f} ms"
 
 
 def markdown(meta, rows):
@@ -119,8 +130,8 @@ def markdown(meta, rows):
         lines.append("| " + " | ".join([
             r["label"],
             cell(r, "requests_per_s", lambda v: f"{v:,.0f}"),
-            cell(r, "p50_us", lambda v: f"{v:,.0f} µs"),
-            cell(r, "p99_us", lambda v: f"{v:,.0f} µs"),
+            cell(r, "p50_us", duration),
+            cell(r, "p99_us", duration),
             cell(r, "cpu_us_per_request", lambda v: f"{v:.1f}"),
             cell(r, "peak_rss_mib", lambda v: f"{v:.1f}"),
             cell(r, "redis_trips_per_request", lambda v: f"{v:.4f}"),
@@ -133,10 +144,10 @@ def main(argv):
     if len(argv) == 3 and argv[1] == "--markdown":
         meta, rows = read(argv[2])
         sys.stdout.write(markdown(meta, rows))
-    elif len(argv) == 3:
+    elif len(argv) == 3 or (len(argv) == 5 and argv[3] == "--note"):
         meta, rows = read(argv[1])
         with open(argv[2], "w", encoding="utf-8") as f:
-            f.write(svg(meta, rows))
+            f.write(svg(meta, rows, argv[4] if len(argv) == 5 else None))
     else:
         sys.stderr.write(__doc__)
         return 64
