@@ -217,7 +217,7 @@ callgrind_run() {
   local tag=$1 count=$2 path=$3; shift 3
   local out="$work/cg.$tag.$count"
   JWT_SECRET_KEY=cost-secret-0123456789abcdef RUST_LOG=${RUST_LOG:-warn} \
-    valgrind --tool=callgrind --callgrind-out-file="$out" target/release/tiergate --workers 1 --config "$work/tiergate.toml" \
+    valgrind --tool=callgrind --callgrind-out-file="$out" "${TIERGATE_BIN:-target/release/tiergate}" --workers 1 --config "$work/tiergate.toml" \
     >/dev/null 2>"$work/valgrind.$tag" &
   local pid=$!
   for _ in $(seq 1 300); do curl -fs -o /dev/null "http://127.0.0.1:$admin_port/readyz" && break; sleep 0.1; done

@@ -22,7 +22,7 @@ use crate::proxy::{Proxy, TierCache};
 use crate::snapshot::{Secrets, Snapshot};
 use crate::top::Top;
 
-/// How often idle limiter state is dropped.
+/// How often idle limiter state is dropped, and idle upstream connections past their time closed.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// tiergate could not start.
@@ -143,6 +143,10 @@ pub async fn start_with(snapshot: Snapshot, clock: Clock, access: AccessLog) -> 
                     let dropped = sweeper.limiter.sweep();
                     if dropped > 0 {
                         tracing::debug!(dropped, "idle limiter state dropped");
+                    }
+                    let closed = sweeper.client.sweep();
+                    if closed > 0 {
+                        tracing::debug!(closed, "idle upstream connections closed");
                     }
                 }
             }

@@ -3,7 +3,9 @@
 //!
 //! Both are thin wrappers over hyper's `Incoming`, so bodies stream in both directions without being
 //! buffered. `ProxyBody` also carries the request's [`Guards`], released when the body ends or is
-//! dropped (the client went away): that is what returns a concurrency slot.
+//! dropped (the client went away): that is what returns a concurrency slot. An upstream body also
+//! carries its connection, given back to the pool (`upstream.rs`) once the body has been read to its
+//! end, and closed if it never is.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use hyper::body::Incoming;
 
 use crate::conn::ConnActivity;
 use crate::limit::Lease;
+use crate::upstream::Pooled;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -130,7 +133,8 @@ pub struct ProxyBody {
 enum Kind {
     Empty,
     Bytes(Option<Bytes>),
-    Upstream(Incoming),
+    /// The upstream's body, and its connection until the body has been read to its end.
+    Upstream(Incoming, Option<Pooled<RequestBody>>),
 }
 
 impl ProxyBody {
@@ -142,8 +146,21 @@ impl ProxyBody {
         ProxyBody { kind: Kind::Bytes(Some(b.into())), guards: None, on_end: None, sent: 0 }
     }
 
-    pub fn upstream(body: Incoming) -> ProxyBody {
-        ProxyBody { kind: Kind::Upstream(body), guards: None, on_end: None, sent: 0 }
+    /// The upstream's body; `conn` goes back to the pool once the body has been read to its end.
+    pub fn upstream(body: Incoming, conn: Pooled<RequestBody>) -> ProxyBody {
+        let mut body = ProxyBody { kind: Kind::Upstream(body, Some(conn)), guards: None, on_end: None, sent: 0 };
+        body.give_back_if_read();
+        body
+    }
+
+    /// The upstream body has been read to its end (or had none): its connection is free again.
+    fn give_back_if_read(&mut self) {
+        if let Kind::Upstream(inner, conn) = &mut self.kind
+            && inner.is_end_stream()
+            && let Some(conn) = conn.take()
+        {
+            conn.give_back();
+        }
     }
 
     /// Calls `f` with the bytes sent once this body ends or is dropped.
@@ -169,6 +186,8 @@ impl ProxyBody {
 
 impl Drop for ProxyBody {
     fn drop(&mut self) {
+        // hyper stops polling a body that says it has ended: the connection is handed back here.
+        self.give_back_if_read();
         self.finish();
     }
 }
@@ -182,8 +201,18 @@ impl Body for ProxyBody {
         let out = match &mut this.kind {
             Kind::Empty => Poll::Ready(None),
             Kind::Bytes(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream(inner) => Pin::new(inner).poll_frame(cx),
+            Kind::Upstream(inner, _) => Pin::new(inner).poll_frame(cx),
         };
+        match &out {
+            Poll::Ready(Some(Ok(_))) | Poll::Ready(None) => this.give_back_if_read(),
+            // A broken body: its connection is not reused.
+            Poll::Ready(Some(Err(_))) => {
+                if let Kind::Upstream(_, conn) = &mut this.kind {
+                    *conn = None;
+                }
+            }
+            Poll::Pending => {}
+        }
         if let (Some(_), Poll::Ready(Some(Ok(frame)))) = (&this.on_end, &out)
             && let Some(data) = frame.data_ref()
         {
@@ -201,7 +230,7 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Empty => true,
             Kind::Bytes(b) => b.is_none(),
-            Kind::Upstream(inner) => inner.is_end_stream(),
+            Kind::Upstream(inner, _) => inner.is_end_stream(),
         }
     }
 
@@ -209,7 +238,7 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Bytes(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Upstream(inner) => inner.size_hint(),
+            Kind::Upstream(inner, _) => inner.size_hint(),
         }
     }
 }

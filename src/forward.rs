@@ -1,6 +1,7 @@
-//! Forwarding to the upstream: the pooled client, the upstream request (hop-by-hop headers
-//! stripped, `X-Forwarded-*` appended, `X-Request-Id`, identity headers), the deadline, and the
-//! classification of upstream failures (connect → 502, no headers in time → 504).
+//! Forwarding to the upstream: the upstream request (hop-by-hop headers stripped, `X-Forwarded-*`
+//! appended, `X-Request-Id`, identity headers), the deadline, and the classification of upstream
+//! failures (connect → 502, no headers in time → 504). The connections it goes out on are
+//! `upstream.rs`'s.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,14 +11,13 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
 use crate::body::{ClientBodyError, RequestBody, UploadTooLarge};
 use crate::metrics::UpstreamErrorKind;
+use crate::upstream::{Pool, Pooled, SendError, Target};
 
-pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, RequestBody>;
+pub type UpstreamClient = Pool<RequestBody>;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -36,15 +36,11 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
-/// One pooled client for the process (it outlives config snapshots, so connections survive
+/// One connection pool for the process (it outlives config snapshots, so connections survive
 /// reloads). Plain `http://` upstreams (the sidecar case) and `https://` ones (system and Mozilla
 /// roots, plus `server.upstream_ca_file`).
 pub fn client(extra_ca: Option<&std::path::Path>) -> Result<UpstreamClient, String> {
-    let connector = https_connector(extra_ca)?;
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .build(connector))
+    Ok(Pool::new(https_connector(extra_ca)?))
 }
 
 /// An HTTP + HTTPS connector: system roots and Mozilla's, plus the PEM roots in `extra_ca`.
@@ -115,8 +111,12 @@ impl ForwardError {
         }
     }
 
-    /// Classifies a client error by walking its causes down to our own request body's errors.
-    fn classify(e: &hyper_util::client::legacy::Error) -> ForwardError {
+    /// Classifies a send error by walking its causes down to our own request body's errors.
+    fn classify(e: &SendError) -> ForwardError {
+        let e = match e {
+            SendError::Connect(_) => return ForwardError::Connect,
+            SendError::Http(e) => e,
+        };
         let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
         while let Some(c) = cause {
             if c.is::<UploadTooLarge>() {
@@ -127,17 +127,20 @@ impl ForwardError {
             }
             cause = c.source();
         }
-        if e.is_connect() { ForwardError::Connect } else { ForwardError::Protocol }
+        ForwardError::Protocol
     }
 }
 
-/// Sends the request; waits at most `timeout` for the response head.
+/// Sends the request (as [`prepare`] left it) to `to`; waits at most `timeout` for the response
+/// head. The response comes with its connection, for the body to give back when it has been read.
 pub async fn send(
     client: &UpstreamClient,
+    to: &Upstream<'_>,
     req: Request<RequestBody>,
     timeout: Duration,
-) -> Result<Response<Incoming>, ForwardError> {
-    match tokio::time::timeout(timeout, client.request(req)).await {
+) -> Result<(Response<Incoming>, Pooled<RequestBody>), ForwardError> {
+    let target = Target { scheme: to.scheme, authority: to.authority };
+    match tokio::time::timeout(timeout, client.send(target, req)).await {
         Err(_) => Err(ForwardError::Timeout),
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(e)) => Err(ForwardError::classify(&e)),
@@ -202,21 +205,21 @@ pub struct Upstream<'a> {
     pub upgrade: bool,
 }
 
-/// Turns the client's request parts into the upstream request's (same method, path, query, body).
+/// Turns the client's request parts into the upstream request's (same method, path, query, body),
+/// with an origin-form URI: where it goes is `to`'s.
 pub fn prepare(parts: &mut http::request::Parts, to: &Upstream<'_>) -> Result<(), http::Error> {
-    // h2 clients carry the host in the URI; the HTTP/1.1 upstream needs a Host header.
-    if !parts.headers.contains_key(header::HOST)
-        && let Some(authority) = parts.uri.authority()
-        && let Ok(v) = HeaderValue::from_str(authority.as_str())
-    {
-        parts.headers.insert(header::HOST, v);
+    // h2 clients carry the host in the URI; the HTTP/1.1 upstream needs a Host header (the
+    // upstream's own when the client sent none at all, an HTTP/1.0 client's right).
+    if !parts.headers.contains_key(header::HOST) {
+        let authority = parts.uri.authority().unwrap_or(to.authority);
+        if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+            parts.headers.insert(header::HOST, v);
+        }
     }
-    let path = parts.uri.path_and_query().cloned();
-    parts.uri = Uri::builder()
-        .scheme(to.scheme.clone())
-        .authority(to.authority.clone())
-        .path_and_query(path.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")))
-        .build()?;
+    if parts.uri.scheme().is_some() || parts.uri.path_and_query().is_none() {
+        let path = parts.uri.path_and_query().cloned();
+        parts.uri = Uri::from(path.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
+    }
     parts.version = Version::HTTP_11;
 
     strip_hop_by_hop(&mut parts.headers, to.upgrade);

@@ -6,7 +6,8 @@
 //!  client ─▶ server ─▶ proxy ─┬─▶ route     (path normalised; path/method → general | api | data_export | exempt)
 //!   (conn: what one         ├─▶ identity  (bearer JWT → user + tier, or client IP → anonymous)
 //!    connection knows)      ├─▶ limit     (all-or-nothing over the tier's windows + concurrency)
-//!                           ├─▶ forward   (pooled upstream client, hop-by-hop, X-Forwarded-*; body streams)
+//!                           ├─▶ forward   (the upstream request: hop-by-hop, X-Forwarded-*; body streams)
+//!                           │     └─▶ upstream (pooled HTTP/1.1 connections, per worker thread)
 //!                           ├─▶ headers   (security + rate-limit headers on every response)
 //!                           ├─▶ error     (the one table from any stage's error to a response)
 //!                           ├─▶ metrics   (one record per request; every stage reports to it)
@@ -27,6 +28,7 @@ pub mod route;
 pub mod metrics;
 pub mod identity;
 pub mod limit;
+pub mod upstream;
 pub mod body;
 pub mod forward;
 pub mod headers;

@@ -269,12 +269,12 @@ impl Proxy {
         forward::prepare(&mut parts, &target)
             .map_err(|_| ProxyError::BadRequest("The request target cannot be forwarded."))?;
         let upstream_started = Instant::now();
-        let sent = forward::send(&self.client, Request::from_parts(parts, body), snap.upstream_timeout).await;
+        let sent = forward::send(&self.client, &target, Request::from_parts(parts, body), snap.upstream_timeout).await;
         let upstream_took = upstream_started.elapsed();
         ctx.upstream = Some(upstream_took);
         snap.metrics.upstream_duration.record(upstream_took.as_secs_f64());
-        let mut resp = match sent {
-            Ok(resp) => resp,
+        let (mut resp, upstream_conn) = match sent {
+            Ok(sent) => sent,
             Err(e) => {
                 let Some(kind) = e.upstream_kind() else {
                     // The client's own failure: its body broke, or grew past the cap.
@@ -303,13 +303,14 @@ impl Proxy {
             conn.activity.upgraded();
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             if let Some(client_upgrade) = client_upgrade {
-                self.tunnels.spawn(tunnel(client_upgrade, upstream_upgrade, guards));
+                // The connection is the tunnel's now, never reused.
+                self.tunnels.spawn(tunnel(client_upgrade, upstream_upgrade, guards, upstream_conn));
             }
             let (parts, _) = resp.into_parts();
             return Ok(Response::from_parts(parts, ProxyBody::empty()));
         }
         let (parts, body) = resp.into_parts();
-        let mut body = ProxyBody::upstream(body);
+        let mut body = ProxyBody::upstream(body, upstream_conn);
         body.hold(guards);
         Ok(Response::from_parts(parts, body))
     }
@@ -444,8 +445,9 @@ impl TierCache {
 pub const QUOTA_PATH: &str = "/_tiergate/quota";
 
 /// Copies bytes both ways between an upgraded client and upstream connection until either closes.
-async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, guards: Guards) {
+async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, guards: Guards, conn: crate::upstream::Pooled<RequestBody>) {
     let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else { return };
+    drop(conn);
     let mut client = TokioIo::new(client);
     let mut upstream = TokioIo::new(upstream);
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {

@@ -19,7 +19,7 @@ const FLOW: &[&str] = &[
     // What one connection knows; the vocabulary of route classes; the metrics every stage reports to.
     "conn", "route", "metrics", //
     // The stages, in request order (classify happens before identify, but the two share nothing).
-    "identity", "limit", "body", "forward", "headers", "error", "access", "top", //
+    "identity", "limit", "upstream", "body", "forward", "headers", "error", "access", "top", //
     // Config: schema and reader, TLS key loading, the compiled snapshot.
     "tls", "config", "snapshot", //
     // The orchestrator, then what runs it.

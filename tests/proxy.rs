@@ -292,3 +292,88 @@ async fn trusted_proxies_decide_whose_forwarded_for_counts() {
     assert_eq!(get(&gate.url("/api/x"), &[("x-forwarded-for", "2001:db8:aa:bb:ffff::9")]).await.status, 429);
     assert_eq!(get(&gate.url("/api/x"), &[("x-forwarded-for", "2001:db8:aa:cc::1")]).await.status, 200);
 }
+
+/// A raw HTTP/1.1 upstream that counts its connections. `/close` answers with keep-alive, then
+/// closes the connection 50 ms later without saying so (an upstream dropping an idle connection);
+/// `/big` sends a 1 MiB body slowly; anything else gets `ok`.
+async fn counting_upstream() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = std::sync::Arc::clone(&accepted);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    buf.drain(..end + 4);
+                    let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                    if path.starts_with("/big") {
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n").await;
+                        for _ in 0..1024 {
+                            if s.write_all(&[b'x'; 1024]).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                        }
+                        continue;
+                    }
+                    if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.is_err() {
+                        return;
+                    }
+                    if path.starts_with("/close") {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused_and_a_closed_or_unfinished_one_never_is() {
+    use std::sync::atomic::Ordering;
+    let (upstream, accepted) = counting_upstream().await;
+    let config = format!("{SERVER}{IDENTITY}{TIERS}");
+    let gate = Gate::start_with_upstream(&config, &format!("http://{upstream}"), upstream).await;
+
+    // Keep-alive: one connection carries sequential requests.
+    for _ in 0..5 {
+        assert_eq!(get(&gate.url("/x"), &[]).await.status, 200);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "sequential requests share one upstream connection");
+
+    // The upstream drops the idle connection: the next request goes out on a new one, and succeeds.
+    assert_eq!(get(&gate.url("/close"), &[]).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(get(&gate.url("/x"), &[]).await.status, 200);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(get(&gate.url("/x"), &[]).await.status, 200);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "the new connection is kept alive in turn");
+
+    // A client that leaves mid-body: that connection still holds the rest of the body, so it is
+    // never handed to another request.
+    let mut s = tokio::net::TcpStream::connect(gate.server.addr).await.unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 8192];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(get(&gate.url("/x"), &[]).await.status, 200);
+    assert_eq!(accepted.load(Ordering::SeqCst), 3, "the abandoned connection was not reused");
+}
