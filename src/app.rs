@@ -1,6 +1,7 @@
 //! The composition root: builds every long-lived part from the first snapshot (the limiter and its
-//! store, the upstream client, the proxy), binds the listeners, starts the accept loop, the admin
-//! listener, the idle sweeper and the config reloader, and drains them on shutdown.
+//! store, the upstream client, the proxy), binds the listeners, starts the accept loop (one per
+//! worker thread, thread per core), the admin listener, the idle sweeper and the config reloader,
+//! and drains them on shutdown.
 //!
 //! The process shell (`main.rs`, the demo, the tests) calls [`install_process_globals`] once,
 //! before compiling a snapshot: compiling has no global side effects of its own, and the metric
@@ -67,25 +68,41 @@ impl Drop for App {
     }
 }
 
-/// Binds both listeners and starts serving `snapshot`; the access log goes to stdout.
+/// Binds both listeners and starts serving `snapshot` on the calling runtime; the access log goes
+/// to stdout.
 pub async fn start(snapshot: Snapshot) -> Result<App, StartError> {
     start_with(snapshot, Clock::System, AccessLog::stdout()).await
 }
 
 /// As [`start`], with the limiter's clock (tests move it) and the access log's sink.
 pub async fn start_with(snapshot: Snapshot, clock: Clock, access: AccessLog) -> Result<App, StartError> {
+    start_workers(snapshot, clock, access, 0).await
+}
+
+/// As [`start_with`], thread per core: besides the calling runtime (a current-thread one, which
+/// also runs the admin port, the sweeper, the reloader and the store's connections), `extra`
+/// threads each run a current-thread runtime of their own with their own listener on the same
+/// address (`SO_REUSEPORT`: the kernel spreads connections over them) and their own upstream
+/// connections. A connection lives on the thread that accepted it; nothing is stolen or handed over.
+pub async fn start_workers(
+    snapshot: Snapshot,
+    clock: Clock,
+    access: AccessLog,
+    extra: usize,
+) -> Result<App, StartError> {
     let metrics = install_process_globals();
     // Remote keys are fetched before any port is bound: a sidecar that cannot verify tokens must
     // not report ready.
     snapshot.prepare().await?;
     let startup = snapshot.startup.clone();
-    let bind = |key: &'static str, addr: SocketAddr| async move {
-        let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { key, addr, source })?;
+    let bind = |key: &'static str, addr: SocketAddr, shared: bool| async move {
+        let listener = if shared { bind_shared(addr) } else { TcpListener::bind(addr).await };
+        let listener = listener.map_err(|source| StartError::Bind { key, addr, source })?;
         let local = listener.local_addr().map_err(|source| StartError::Bind { key, addr, source })?;
         Ok::<_, StartError>((listener, local))
     };
-    let (listener, addr) = bind("server.listen", startup.listen).await?;
-    let (admin, admin_addr) = bind("server.admin_listen", startup.admin_listen).await?;
+    let (listener, addr) = bind("server.listen", startup.listen, extra > 0).await?;
+    let (admin, admin_addr) = bind("server.admin_listen", startup.admin_listen, false).await?;
 
     let limiter = match &startup.storage {
         Some(target) => {
@@ -122,8 +139,12 @@ pub async fn start_with(snapshot: Snapshot, clock: Clock, access: AccessLog) -> 
         let cell = Arc::clone(&proxy.snapshot);
         crate::tls::acceptor(Arc::new(move || cell.load().tls.clone()))
     });
-    tasks.spawn(crate::server::accept_loop(listener, tls, Arc::clone(&proxy), shutdown.clone(), connections.clone()));
     let admin_stop = CancellationToken::new();
+    for worker in 1..=extra {
+        let parts = (tls.clone(), Arc::clone(&proxy), shutdown.clone(), connections.clone(), admin_stop.clone());
+        spawn_worker(worker, addr, parts).await?;
+    }
+    tasks.spawn(crate::server::accept_loop(listener, tls, Arc::clone(&proxy), shutdown.clone(), connections.clone()));
     let operator = crate::admin::Operator {
         ready: Arc::clone(&proxy.ready),
         metrics,
@@ -168,6 +189,50 @@ pub async fn start_with(snapshot: Snapshot, clock: Clock, access: AccessLog) -> 
     });
     tracing::info!(%addr, %admin_addr, "tiergate listening");
     Ok(App { addr, admin_addr, proxy, shutdown, admin_stop, connections, tasks })
+}
+
+/// A listener on `addr` that other listeners may share (`SO_REUSEPORT`; Linux lets only the same
+/// user's sockets join).
+fn bind_shared(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+type WorkerParts = (Option<tokio_rustls::TlsAcceptor>, Arc<Proxy>, CancellationToken, TaskTracker, CancellationToken);
+
+/// Starts worker thread `n`: its own current-thread runtime and listener on `addr`, serving until
+/// shutdown, then driving its connections until the `App` is dropped. Returns once it listens.
+async fn spawn_worker(n: usize, addr: SocketAddr, parts: WorkerParts) -> Result<(), StartError> {
+    let (tls, proxy, shutdown, connections, stop) = parts;
+    let failed = |source| StartError::Bind { key: "server.listen", addr, source };
+    let (listening, ready) = tokio::sync::oneshot::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(failed)?;
+    std::thread::Builder::new()
+        .name(format!("tiergate-worker-{n}"))
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match bind_shared(addr) {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        let _ = listening.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = listening.send(Ok(()));
+                crate::server::accept_loop(listener, tls, proxy, shutdown, connections).await;
+                // The connections this thread accepted run here: keep turning until the end.
+                stop.cancelled().await;
+            });
+        })
+        .map_err(failed)?;
+    match ready.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(failed(e)),
+        Err(_) => Err(failed(std::io::Error::other("the worker thread ended before it listened"))),
+    }
 }
 
 impl App {

@@ -23,8 +23,19 @@ struct Cli {
     /// Tokio worker threads (default: the CPUs this process may use).
     #[arg(long, global = true)]
     workers: Option<usize>,
+    /// How `run` spreads connections over its workers: one current-thread runtime and listener
+    /// per worker (`thread-per-core`), or tokio's `work-stealing` runtime. One worker is always a
+    /// current-thread runtime.
+    #[arg(long, global = true, value_enum, default_value_t = Layout::ThreadPerCore)]
+    runtime: Layout,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Layout {
+    ThreadPerCore,
+    WorkStealing,
 }
 
 #[derive(Subcommand)]
@@ -114,8 +125,14 @@ fn main() -> ExitCode {
             if let Some(note) = tiergate::snapshot::ineffective(&config) {
                 tracing::warn!("{note}");
             }
-            let Some(rt) = runtime(cli.workers) else { return ExitCode::FAILURE };
-            let code = rt.block_on(run(snapshot, cli.config));
+            let workers = worker_count(cli.workers);
+            // Thread per core: this thread's runtime is worker 0; the app starts the others.
+            let (threads, extra) = match cli.runtime {
+                Layout::ThreadPerCore => (1, workers - 1),
+                Layout::WorkStealing => (workers, 0),
+            };
+            let Some(rt) = runtime(Some(threads)) else { return ExitCode::FAILURE };
+            let code = rt.block_on(run(snapshot, cli.config, extra));
             // A write to a stdout nobody reads (the access log) may never return: do not wait on it.
             rt.shutdown_timeout(std::time::Duration::from_secs(1));
             code
@@ -250,9 +267,14 @@ fn token(path: &std::path::Path, sub: &str, tier: &str, ttl: &str, secret_env: O
     }
 }
 
+/// `--workers`, else the CPUs this process may use. Explicit: tokio would otherwise follow the
+/// host's cores, not the container's CPU allowance.
+fn worker_count(workers: Option<usize>) -> usize {
+    workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1)
+}
+
 fn runtime(workers: Option<usize>) -> Option<tokio::runtime::Runtime> {
-    // Explicit: tokio would otherwise follow the host's cores, not the container's CPU allowance.
-    let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let workers = worker_count(workers);
     // One worker: a current-thread runtime does the same work without the work-stealing machinery.
     let mut builder = if workers <= 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -283,27 +305,29 @@ fn init_logging(default: &str) {
         .init();
 }
 
-async fn run(snapshot: Snapshot, config_path: PathBuf) -> ExitCode {
+async fn run(snapshot: Snapshot, config_path: PathBuf, extra_workers: usize) -> ExitCode {
     use tokio::signal::unix::{SignalKind, signal};
     // Signal handlers go in before anything can report ready: a SIGTERM or SIGHUP that arrives
     // between `/readyz` turning 200 and the handlers existing would otherwise kill the process.
     let term = signal(SignalKind::terminate()).ok();
     let int = signal(SignalKind::interrupt()).ok();
     let hup = signal(SignalKind::hangup()).ok();
-    let server = match tiergate::app::start(snapshot).await {
-        Ok(s) => s,
-        Err(tiergate::app::StartError::Config(errs)) => {
-            for e in &errs.0 {
-                eprintln!("tiergate: {e}");
+    let access = tiergate::access::AccessLog::stdout();
+    let server =
+        match tiergate::app::start_workers(snapshot, tiergate::limit::Clock::System, access, extra_workers).await {
+            Ok(s) => s,
+            Err(tiergate::app::StartError::Config(errs)) => {
+                for e in &errs.0 {
+                    eprintln!("tiergate: {e}");
+                }
+                return ExitCode::from(EXIT_CONFIG);
             }
-            return ExitCode::from(EXIT_CONFIG);
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start");
-            eprintln!("tiergate: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                eprintln!("tiergate: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
     server.watch_config(config_path, Secrets::from_env(), hup);
     let signal = wait_for_signal(term, int).await;
     tracing::info!(signal, "draining");

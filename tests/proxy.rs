@@ -377,3 +377,33 @@ async fn upstream_connections_are_reused_and_a_closed_or_unfinished_one_never_is
     assert_eq!(get(&gate.url("/x"), &[]).await.status, 200);
     assert_eq!(accepted.load(Ordering::SeqCst), 3, "the abandoned connection was not reused");
 }
+
+#[tokio::test]
+async fn thread_per_core_workers_share_the_limits_and_keep_their_own_upstream_connections() {
+    use std::sync::atomic::Ordering;
+    let (upstream, accepted) = counting_upstream().await;
+    let config = format!("{SERVER}{IDENTITY}{TIERS}");
+    // The test's runtime is worker 0; one more worker thread listens on the same port.
+    let gate = Gate::start_workers(&config, &format!("http://{upstream}"), upstream, 1).await;
+
+    // 24 connections, one request each, one after another: the kernel spreads them over both
+    // listeners (all on one has odds of 2 in 2^24), and each worker reuses its own upstream connection.
+    for _ in 0..24 {
+        assert_eq!(get(&gate.url("/x"), &[]).await.status, 200);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "one upstream connection per worker, each kept alive");
+
+    // The limits are the process's, whichever worker a connection landed on: api_calls_per_minute = 3.
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(get(&gate.url("/api/items"), &[]).await.status);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 3, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 9, "{statuses:?}");
+
+    // A drain stops every worker's listener.
+    assert!(gate.server.drain(Duration::from_secs(2)).await);
+    for _ in 0..8 {
+        assert!(tokio::net::TcpStream::connect(gate.server.addr).await.is_err(), "a worker still accepts after drain");
+    }
+}

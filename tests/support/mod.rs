@@ -171,7 +171,7 @@ impl Gate {
     }
 
     pub async fn start_with_upstream(config: &str, upstream_url: &str, upstream: SocketAddr) -> Gate {
-        Gate::start_full(config, upstream_url, upstream, Clock::System, None).await
+        Gate::start_full(config, upstream_url, upstream, Clock::System, None, 0).await
     }
 
     /// SERVER + IDENTITY + TIERS + `extra`, on `store`, with a clock the test moves: a manual one
@@ -200,7 +200,7 @@ impl Gate {
                 let storage = format!("\n[storage]\n{storage_extra}\n");
                 let config = format!("{SERVER}{server_extra}{IDENTITY}{storage}{TIERS}{extra}");
                 let clock = Clock::manual(now() * 1000);
-                Gate::start_full(&config, &url, upstream, clock, None).await
+                Gate::start_full(&config, &url, upstream, clock, None, 0).await
             }
             Store::Redis => {
                 let redis = redis::RedisServer::start();
@@ -209,7 +209,7 @@ impl Gate {
                     redis.url()
                 );
                 let config = format!("{SERVER}{server_extra}{IDENTITY}{storage}{TIERS}{extra}");
-                Gate::start_full(&config, &url, upstream, Clock::shifted(), Some(redis)).await
+                Gate::start_full(&config, &url, upstream, Clock::shifted(), Some(redis), 0).await
             }
         }
     }
@@ -221,9 +221,15 @@ impl Gate {
         for _ in 0..count {
             let upstream = echo().await;
             let config = format!("{SERVER}{IDENTITY}\n[storage]\n{storage}\n{TIERS}{extra}");
-            gates.push(Gate::start_full(&config, &format!("http://{upstream}"), upstream, clock.clone(), None).await);
+            gates
+                .push(Gate::start_full(&config, &format!("http://{upstream}"), upstream, clock.clone(), None, 0).await);
         }
         gates
+    }
+
+    /// As [`Gate::start_with_upstream`], thread per core: `extra` worker threads beside the test's own.
+    pub async fn start_workers(config: &str, upstream_url: &str, upstream: SocketAddr, extra: usize) -> Gate {
+        Gate::start_full(config, upstream_url, upstream, Clock::System, None, extra).await
     }
 
     async fn start_full(
@@ -232,6 +238,7 @@ impl Gate {
         upstream: SocketAddr,
         clock: Clock,
         redis: Option<redis::RedisServer>,
+        extra: usize,
     ) -> Gate {
         tiergate::app::install_process_globals();
         let mut config = Config::parse(config).unwrap_or_else(|e| panic!("test config: {e}"));
@@ -240,8 +247,8 @@ impl Gate {
             Snapshot::compile(config, &Secrets::default().with(SECRET_ENV, SECRET).with(ADMIN_TOKEN_ENV, ADMIN_TOKEN))
                 .unwrap_or_else(|e| panic!("compile: {e}"));
         // In-process gates log nothing: the access log is tested on the binary (tests/access_log.rs).
-        let server =
-            tiergate::app::start_with(snapshot, clock.clone(), tiergate::access::AccessLog::disabled()).await.unwrap();
+        let access = tiergate::access::AccessLog::disabled();
+        let server = tiergate::app::start_workers(snapshot, clock.clone(), access, extra).await.unwrap();
         let base = format!("http://{}", server.addr);
         let admin = format!("http://{}", server.admin_addr);
         Gate { server, upstream, base, admin, clock, redis }
