@@ -10,6 +10,11 @@
 #   tiergate-memory        tiergate, memory store (--workers 1)
 #   tiergate-redis         tiergate, Redis store
 #   tiergate-redis-batch   tiergate, Redis store with storage.quota_batch = QUOTA_BATCH
+#   tiergate-2w-tpc        tiergate, memory store, --workers 2 --runtime thread-per-core (both cores)
+#   tiergate-2w-ws         tiergate, memory store, --workers 2 --runtime work-stealing (both cores)
+#
+# The two --workers 2 rows are not in the default set (run them with --only): on two cores the proxy
+# then shares core 1 with wrk and the upstream, so only their CPU per request compares, with each other.
 #
 # The proxy under test is pinned to core 0; wrk, the upstream and redis-server to core 1. One target
 # runs at a time (started, warmed up for 2 s, measured, stopped). HAProxy, Envoy and Traefik send the
@@ -33,6 +38,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 all_targets="direct nginx haproxy envoy traefik tiergate-memory tiergate-redis tiergate-redis-batch"
+extra_targets="tiergate-2w-tpc tiergate-2w-ws"   # --only
 usage() { sed -n '/^# Usage:/,/^# Needs:/p' "$0" | sed 's/^# \{0,1\}//' | sed '$d'; echo "Targets: $all_targets"; }
 
 secs=${SECS:-} conns=${CONNS:-32} batch=${QUOTA_BATCH:-20} only="" quick=0
@@ -60,7 +66,7 @@ targets=$all_targets
 if [ -n "$only" ]; then
   targets=""
   for t in ${only//,/ }; do
-    case " $all_targets " in *" $t "*) targets="$targets $t" ;; *) echo "unknown target: $t (targets: $all_targets)" >&2; exit 64 ;; esac
+    case " $all_targets $extra_targets " in *" $t "*) targets="$targets $t" ;; *) echo "unknown target: $t (targets: $all_targets $extra_targets)" >&2; exit 64 ;; esac
   done
 fi
 selected() { case " $targets " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
@@ -277,6 +283,8 @@ label_of() {
     tiergate-memory) echo "tiergate memory" ;;
     tiergate-redis) echo "tiergate Redis" ;;
     tiergate-redis-batch) echo "tiergate Redis batch=$batch" ;;
+    tiergate-2w-tpc) echo "tiergate 2 workers, per core" ;;
+    tiergate-2w-ws) echo "tiergate 2 workers, stealing" ;;
   esac
 }
 
@@ -299,6 +307,11 @@ run_target() {
     tiergate-memory) start_tiergate_with -e 's#^backend = .*#backend = "memory"#' || true ;;
     tiergate-redis) start_tiergate_with -e "$(redis_storage "$redis_port" 0)" || true ;;
     tiergate-redis-batch) start_tiergate_with -e "$(redis_storage "$redis_port" "$batch")" || true ;;
+    tiergate-2w-*)
+      local layout=thread-per-core
+      [ "$t" = tiergate-2w-ws ] && layout="work-stealing"
+      tiergate_cpus=0,1 tiergate_args="--workers 2 --runtime $layout" \
+        start_tiergate_with -e 's#^backend = .*#backend = "memory"#' || true ;;
   esac
   case $t in
     nginx) pid=$(cat "$work/proxy-worker.pid") ;;

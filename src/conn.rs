@@ -282,7 +282,20 @@ impl FramingSniffer {
                         (_, n) => Phase::ChunkData(n),
                     };
                 }
-                Phase::Head | Phase::Trailers | Phase::ChunkSize | Phase::ChunkEnd => {
+                // Head and trailer lines are taken a line at a time: find the LF, keep what the
+                // line needs kept, and skip the rest unread.
+                Phase::Head | Phase::Trailers => {
+                    let (seg, end) = match memchr::memchr(b'\n', bytes) {
+                        Some(at) => (&bytes[..at], true),
+                        None => (bytes, false),
+                    };
+                    bytes = &bytes[seg.len() + usize::from(end)..];
+                    self.line_bytes(seg);
+                    if end && let Some(head) = self.line_byte(b'\n') {
+                        found = found.or(Some(head));
+                    }
+                }
+                Phase::ChunkSize | Phase::ChunkEnd => {
                     let b = bytes[0];
                     bytes = &bytes[1..];
                     if let Some(head) = self.line_byte(b) {
@@ -292,6 +305,26 @@ impl FramingSniffer {
             }
         }
         found
+    }
+
+    /// Bytes of a head or trailer line with no LF among them: what [`FramingSniffer::line_byte`]
+    /// would do with each, at once (CRs are not part of a line, wherever they are).
+    fn line_bytes(&mut self, seg: &[u8]) {
+        let seg = seg.strip_suffix(b"\r").unwrap_or(seg);
+        if memchr::memchr(b'\r', seg).is_some() {
+            for &b in seg {
+                self.line_byte(b);
+            }
+            return;
+        }
+        if self.phase == Phase::Head {
+            let keep = (LINE_KEEP - self.line_len).min(seg.len());
+            for (to, from) in self.line[self.line_len..self.line_len + keep].iter_mut().zip(seg) {
+                *to = from.to_ascii_lowercase();
+            }
+            self.line_len += keep;
+        }
+        self.line_total += seg.len();
     }
 
     /// One byte of a line-based phase.
@@ -466,6 +499,19 @@ POST /d HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r
         assert_eq!(s.feed(body), None);
         assert_eq!(s.heads, 1);
         assert!(!s.reading_head());
+    }
+
+    /// Lines are scanned a line at a time, bytes with a CR inside one by one: both read the same.
+    #[test]
+    fn a_cr_inside_a_line_reads_as_it_does_byte_by_byte() {
+        let stream: &[u8] =
+            b"POST /a HTTP/1.1\r\nHost: a\r\nContent-\rLength: 3\r\r\nTransfer-Encoding: chunked\r\n\r\n";
+        for split in 0..stream.len() {
+            assert_eq!(feed_split(stream, split).0, Some(1), "split at {split}");
+        }
+        let mut bytewise = FramingSniffer::default();
+        let found = stream.iter().filter_map(|b| bytewise.feed(std::slice::from_ref(b))).next();
+        assert_eq!(found, Some(1));
     }
 
     #[test]

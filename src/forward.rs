@@ -166,6 +166,17 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop headers, including every header named in `Connection`. When `keep_upgrade`
 /// is set (an upgrade being passed through) `Upgrade` and `Connection: upgrade` survive.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Which of the fixed list are here, in one pass over the names (a removal hashes its name;
+    // most messages carry one hop-by-hop header or none).
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        return; // no `Connection` either, so nothing it could name
+    }
     // `Connection: keep-alive` or `upgrade` (nearly every one) names only headers the fixed list
     // below removes anyway: only other tokens are collected (which allocates).
     let listed = |t: &str| HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h.as_str()));
@@ -184,8 +195,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
     }
     let upgrade = if keep_upgrade { headers.remove(header::UPGRADE) } else { None };
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        // A name `Connection` listed may be one of the fixed list: its removal above already went.
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
     if let Some(u) = upgrade {
         headers.insert(header::UPGRADE, u);

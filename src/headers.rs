@@ -91,7 +91,7 @@ impl Decorator {
             let limit = if window.limit == b.limit { window.limit_value.clone() } else { number(b.limit) };
             headers.insert(X_RATELIMIT_LIMIT.clone(), limit);
             headers.insert(X_RATELIMIT_REMAINING.clone(), number(b.remaining));
-            headers.insert(X_RATELIMIT_RESET.clone(), number(reset_secs));
+            headers.insert(X_RATELIMIT_RESET.clone(), recent_number(reset_secs));
             headers.insert(X_RATELIMIT_WINDOW.clone(), window.name.clone());
         }
         if self.ietf {
@@ -125,6 +125,24 @@ fn number(n: u64) -> HeaderValue {
         }
     }
     HeaderValue::from(n)
+}
+
+/// A header value for `n`, reusing the last one this thread built when `n` is the same: for the
+/// `X-RateLimit-Reset` epoch second, which every request in that second shares.
+fn recent_number(n: u64) -> HeaderValue {
+    if n < SMALL {
+        return number(n);
+    }
+    thread_local! {
+        static LAST: std::cell::RefCell<(u64, HeaderValue)> = const { std::cell::RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != n {
+            *last = (n, HeaderValue::from(n));
+        }
+        last.1.clone()
+    })
 }
 
 /// One window's constant header parts.
