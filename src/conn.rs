@@ -25,9 +25,21 @@ use tokio::time::Instant;
 /// One accepted connection, as requests on it see it.
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The peer's address as `X-Forwarded-For` writes it (IPv4-mapped IPv6 as IPv4), formatted
+    /// once per connection rather than once per request.
+    pub peer_ip_value: http::HeaderValue,
     /// The client connected over TLS.
     pub tls: bool,
     pub activity: Arc<ConnActivity>,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool, activity: Arc<ConnActivity>) -> ConnInfo {
+        let ip = peer.ip().to_canonical().to_string();
+        let peer_ip_value =
+            http::HeaderValue::from_str(&ip).unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
+        ConnInfo { peer, peer_ip_value, tls, activity }
+    }
 }
 
 /// Per-connection activity: requests in flight (idle timeout), the head being read (header-read

@@ -211,7 +211,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 pub struct Upstream<'a> {
     pub scheme: &'a Scheme,
     pub authority: &'a Authority,
-    pub client_ip: std::net::IpAddr,
+    /// The client's address as a header value (the connection's, formatted once).
+    pub client_ip_value: &'a HeaderValue,
     /// Keep the client's `X-Forwarded-Proto` (the peer is a trusted proxy).
     pub trusted_peer: bool,
     /// How the client reached us: `http` or `https`.
@@ -237,7 +238,7 @@ pub fn prepare(parts: &mut http::request::Parts, to: &Upstream<'_>) -> Result<()
     parts.version = Version::HTTP_11;
 
     strip_hop_by_hop(&mut parts.headers, to.upgrade);
-    append_forwarded_for(&mut parts.headers, to.client_ip);
+    append_forwarded_for(&mut parts.headers, to.client_ip_value);
     if !(to.trusted_peer && parts.headers.contains_key(&X_FORWARDED_PROTO)) {
         parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(to.proto));
     }
@@ -247,7 +248,11 @@ pub fn prepare(parts: &mut http::request::Parts, to: &Upstream<'_>) -> Result<()
     Ok(())
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, peer: std::net::IpAddr) {
+fn append_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue) {
+    if !headers.contains_key(&X_FORWARDED_FOR) {
+        headers.insert(X_FORWARDED_FOR.clone(), peer.clone());
+        return;
+    }
     let mut value = String::with_capacity(64);
     for v in headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()) {
         if !value.is_empty() {
@@ -258,8 +263,7 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: std::net::IpAddr) {
     if !value.is_empty() {
         value.push_str(", ");
     }
-    use std::fmt::Write as _;
-    let _ = write!(value, "{peer}");
+    value.push_str(peer.to_str().unwrap_or("unknown"));
     if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }

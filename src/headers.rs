@@ -71,6 +71,8 @@ impl Decorator {
 
     /// Adds the security headers a response does not already carry (a backend's own value wins).
     pub fn security(&self, headers: &mut HeaderMap) {
+        // Room for these and the rate-limit headers that follow, grown once rather than as they go.
+        headers.reserve(self.security.len() + 6);
         for (name, value) in &self.security {
             // One hash per header: the entry API inserts only when absent.
             headers.entry(name).or_insert_with(|| value.clone());
@@ -99,15 +101,34 @@ impl Decorator {
                 headers.insert(RATELIMIT_POLICY.clone(), p.clone());
             }
             let t = b.reset_ms.saturating_sub(decision.now_ms).div_ceil(1000);
-            // `"name";r=R;t=T`, written on the stack (a window name is at most 64 bytes).
+            // `"name";r=R;t=T`, written on the stack (a window name is at most 64 bytes, each
+            // number at most 20 digits).
             let mut buf = [0u8; 128];
-            let mut w = std::io::Cursor::new(&mut buf[..]);
-            if std::io::Write::write_fmt(&mut w, format_args!("{};r={};t={t}", window.quoted, b.remaining)).is_ok() {
-                let len = w.position() as usize;
-                if let Ok(v) = HeaderValue::from_bytes(&buf[..len]) {
-                    headers.insert(RATELIMIT.clone(), v);
+            let mut len = 0;
+            for part in
+                [window.quoted.as_bytes(), b";r=", decimal(b.remaining, &mut [0; 20]), b";t=", decimal(t, &mut [0; 20])]
+            {
+                if let Some(to) = buf.get_mut(len..len + part.len()) {
+                    to.copy_from_slice(part);
+                    len += part.len();
                 }
             }
+            if let Ok(v) = HeaderValue::from_bytes(&buf[..len]) {
+                headers.insert(RATELIMIT.clone(), v);
+            }
+        }
+    }
+}
+
+/// `n` in decimal, written into the end of `buf`.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
         }
     }
 }
@@ -191,4 +212,16 @@ pub fn policy_header(plan: &Plan) -> Option<HeaderValue> {
         return None;
     }
     HeaderValue::from_str(&parts.join(", ")).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decimal;
+
+    #[test]
+    fn decimal_writes_every_width() {
+        for n in [0, 7, 10, 99, 4095, 1_000_000_007, u64::MAX] {
+            assert_eq!(decimal(n, &mut [0; 20]), n.to_string().as_bytes());
+        }
+    }
 }

@@ -261,7 +261,7 @@ impl Proxy {
         let target = Upstream {
             scheme: &snap.upstream_scheme,
             authority: &snap.upstream_authority,
-            client_ip: peer_ip,
+            client_ip_value: &conn.peer_ip_value,
             trusted_peer: snap.identity.rules.trusted_proxies.iter().any(|n| n.contains(&peer_ip)),
             proto: if conn.tls { "https" } else { "http" },
             upgrade,

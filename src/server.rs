@@ -77,7 +77,7 @@ where
         (snap.conn.header_read_timeout, snap.conn.idle_timeout, snap.conn.max_header_bytes)
     };
     let activity = Arc::new(ConnActivity::new());
-    let info = Arc::new(ConnInfo { peer, tls, activity: Arc::clone(&activity) });
+    let info = Arc::new(ConnInfo::new(peer, tls, Arc::clone(&activity)));
     let service = service_fn(move |req| Arc::clone(&proxy).handle(Arc::clone(&info), req));
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
