@@ -190,8 +190,10 @@ impl Proxy {
         // 3. Classify. Client-sent identity headers never reach the upstream, on any route.
         let route = snap.routes.classify(&parts.method, parts.uri.path());
         ctx.class = route.class;
-        parts.headers.remove(&snap.user_id_header);
-        parts.headers.remove(&snap.tier_header);
+        if parts.headers.keys().any(|n| *n == snap.user_id_header || *n == snap.tier_header) {
+            parts.headers.remove(&snap.user_id_header);
+            parts.headers.remove(&snap.tier_header);
+        }
 
         let mut lease = None;
         let mut body = RequestBody::new(body);
@@ -463,24 +465,37 @@ fn check_framing(version: http::Version, headers: &HeaderMap, conn: &ConnActivit
     // hyper removes Content-Length when Transfer-Encoding is present; the connection's sniffer saw it
     // (in this request's own head: pipelined heads are numbered, so a later one cannot taint this).
     let sniffed = conn.next_request_had_cl_and_te();
-    if headers.contains_key(header::TRANSFER_ENCODING) && (headers.contains_key(header::CONTENT_LENGTH) || sniffed) {
+    // One pass over the headers (a handful) instead of a hashed lookup per question.
+    let (mut hosts, mut authorizations, mut te) = (0, 0, false);
+    let mut length: Option<&http::HeaderValue> = None;
+    let mut conflicting = false;
+    for (name, value) in headers {
+        if name == header::HOST {
+            hosts += 1;
+        } else if name == header::AUTHORIZATION {
+            authorizations += 1;
+        } else if name == header::TRANSFER_ENCODING {
+            te = true;
+        } else if name == header::CONTENT_LENGTH {
+            conflicting |= length.is_some_and(|first| first != value);
+            length = length.or(Some(value));
+        }
+    }
+    if te && (length.is_some() || sniffed) {
         return Err(ProxyError::BadRequest("Content-Length and Transfer-Encoding together are not allowed."));
     }
     // RFC 9112 §3.2: more than one Host is refused. More than one Authorization is ambiguous: a
     // backend that reads the last one would trust a token tiergate never verified.
-    if headers.get_all(header::HOST).iter().nth(1).is_some() {
+    if hosts > 1 {
         return Err(ProxyError::BadRequest("More than one Host header."));
     }
-    if version == http::Version::HTTP_11 && !headers.contains_key(header::HOST) {
+    if version == http::Version::HTTP_11 && hosts == 0 {
         return Err(ProxyError::BadRequest("An HTTP/1.1 request needs a Host header."));
     }
-    if headers.get_all(header::AUTHORIZATION).iter().nth(1).is_some() {
+    if authorizations > 1 {
         return Err(ProxyError::BadRequest("More than one Authorization header."));
     }
-    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
-    if let Some(first) = lengths.next()
-        && lengths.any(|v| v != first)
-    {
+    if conflicting {
         return Err(ProxyError::BadRequest("Conflicting Content-Length values."));
     }
     Ok(())
