@@ -78,7 +78,7 @@ wait_http() {
 start_tiergate() {
   # shellcheck disable=SC2086 # $tiergate_args is a list of options
   JWT_SECRET_KEY=${JWT_SECRET_KEY:-bench-secret-0123456789abcdef0123456789} RUST_LOG=${RUST_LOG:-warn} \
-    taskset -c "${tiergate_cpus:-0}" target/release/tiergate ${tiergate_args:---workers 1} --config "$work/tiergate.toml" 2>"$work/tiergate.err" &
+    taskset -c "${tiergate_cpus:-0}" "${TIERGATE_BIN:-target/release/tiergate}" ${tiergate_args:---workers 1} --config "$work/tiergate.toml" 2>"$work/tiergate.err" &
   tiergate_pid=$!
   echo "$tiergate_pid" > "$work/tiergate.pid"
   wait_http "http://127.0.0.1:$admin_port/readyz"
