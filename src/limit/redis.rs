@@ -328,7 +328,19 @@ impl RedisStore {
 
     /// `{prefix}:{<identity>}:<window>`
     pub fn key(&self, identity: &IdentityKey, window: &str) -> String {
-        format!("{}:{{{identity}}}:{window}", self.key_prefix)
+        let mut key = self.key_base(identity);
+        key.push_str(window);
+        key
+    }
+
+    /// `{prefix}:{<identity>}:`, to which each window's name is appended (the identity is
+    /// formatted once per decision, not once per key).
+    fn key_base(&self, identity: &IdentityKey) -> String {
+        use std::fmt::Write as _;
+        let mut key = String::with_capacity(self.key_prefix.len() + 48);
+        key.push_str(&self.key_prefix);
+        let _ = write!(key, ":{{{identity}}}:");
+        key
     }
 
     /// One decision: consume (`take`) or only look (`peek`). The lease, if any, is attached.
@@ -343,11 +355,19 @@ impl RedisStore {
         let mut conn = self.conn()?;
         let mut inv = self.script.prepare_invoke();
         let windows: &[super::WindowSpec] = if ask.skip_windows { &[] } else { &plan.windows };
+        let mut key = self.key_base(identity);
+        let base = key.len();
         for w in windows {
-            inv.key(self.key(identity, &w.name));
+            key.truncate(base);
+            key.push_str(&w.name);
+            inv.key(key.as_str());
         }
         let cap = plan.concurrency.filter(|_| !ask.skip_slot);
-        let lease_key = cap.map(|_| self.key(identity, crate::limit::CONCURRENT));
+        let lease_key = cap.map(|_| {
+            key.truncate(base);
+            key.push_str(crate::limit::CONCURRENT);
+            key
+        });
         if let Some(k) = &lease_key {
             inv.key(k.as_str());
         }
