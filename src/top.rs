@@ -118,11 +118,18 @@ impl Sketch {
 pub struct Top {
     sketch: Mutex<Sketch>,
     seen: quick_cache::sync::Cache<IdentityKey, Arc<str>>,
+    /// Someone is in this period's sketch. While nobody is (no refusals: the usual state), an
+    /// admitted request has nothing to count there and takes no lock every worker shares.
+    listed: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Top {
     fn default() -> Self {
-        Top { sketch: Mutex::new(Sketch::new(unix_now())), seen: quick_cache::sync::Cache::new(SEEN_CAPACITY) }
+        Top {
+            sketch: Mutex::new(Sketch::new(unix_now())),
+            seen: quick_cache::sync::Cache::new(SEEN_CAPACITY),
+            listed: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 }
 
@@ -136,6 +143,7 @@ impl Top {
         let now = unix_now();
         if now >= s.since + PERIOD.as_secs() {
             *s = Sketch::new(now);
+            self.listed.store(false, std::sync::atomic::Ordering::Relaxed);
         }
         s
     }
@@ -143,13 +151,17 @@ impl Top {
     /// A limited request was refused.
     pub fn refused(&self, key: &IdentityKey, tier: &Arc<str>) {
         self.saw(key, tier);
-        self.lock().refused(key, tier);
+        let mut sketch = self.lock();
+        sketch.refused(key, tier);
+        self.listed.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// A limited request was admitted.
+    /// A limited request was admitted: counted only for an identity the sketch lists.
     pub fn allowed(&self, key: &IdentityKey, tier: &Arc<str>) {
         self.saw(key, tier);
-        self.lock().allowed(key);
+        if self.listed.load(std::sync::atomic::Ordering::Relaxed) {
+            self.lock().allowed(key);
+        }
     }
 
     fn saw(&self, key: &IdentityKey, tier: &Arc<str>) {
