@@ -73,9 +73,10 @@ impl Proxy {
         req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
-        let wall = std::time::SystemTime::now();
         let snap = self.snapshot.load_full();
         let logging = snap.access != AccessMode::None && self.access.is_enabled();
+        // The wall-clock time only the access line needs.
+        let wall = logging.then(std::time::SystemTime::now);
         let mut req = req;
         // The request id the access line and the upstream share: the client's, else ours.
         let request_id = logging.then(|| {
@@ -131,7 +132,7 @@ impl Proxy {
 
         // The access log: tiergate's own responses at once (their size is known), the upstream's
         // (with `all`) when their body has been sent.
-        if let Some(request_id) = request_id
+        if let (Some(request_id), Some(wall)) = (request_id, wall)
             && (own || snap.access == AccessMode::All)
         {
             let entry = AccessEntry {
