@@ -9,14 +9,15 @@
 #
 # Everything listens on free loopback ports (never the fixed bench ports); the upstream is
 # `tiergate echo` and the Redis store's `redis-server` is started here; all of it is killed on exit.
-# Needs: python3, redis-server, redis-cli, curl, a release build (built here when missing).
+# Needs: python3, redis-server, redis-cli, curl, a release build (built here when missing; TIERGATE_BIN
+# names another binary, e.g. a build of an older commit to compare).
 # Usage: scripts/rss-users.sh [users per phase=100000] [store=both|memory|redis]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 users=${1:-100000}
 stores=${2:-both}
 [ "$stores" = both ] && stores="memory redis"
-bin=target/release/tiergate
+bin=${TIERGATE_BIN:-target/release/tiergate}
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -118,14 +119,16 @@ run_store() { # store
       -e "s#^backend = .*#$backend#" config.toml > "$cfg"
   RUST_LOG=warn "$bin" --workers 1 run --config "$cfg" >/dev/null 2>"$work/tiergate.$store.err" &
   local tg=$!
-  pids+=($tg)
+  pids+=("$tg")
   for _ in $(seq 1 200); do curl -fs -o /dev/null "http://127.0.0.1:$admin_port/readyz" && break; sleep 0.05; done
   curl -fs -o /dev/null "http://127.0.0.1:$admin_port/readyz" || { tail -5 "$work/tiergate.$store.err" >&2; exit 1; }
+  for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$proxy_port") 2>/dev/null && break; sleep 0.05; done
   timeout --kill-after=5 900 python3 "$work/drive.py" "$tg" "$proxy_port" "$users" "$store"
   kill -TERM "$tg"; wait "$tg" || true
 }
 
-echo "tiergate $(git rev-parse --short HEAD), $(nproc) cores, $(date -u +%Y-%m-%d); users 0..$users then $users more"
+label=${TIERGATE_BIN:+$bin}
+echo "tiergate ${label:-$(git rev-parse --short HEAD)}, $(nproc) cores, $(date -u +%Y-%m-%d); users 0..$users then $users more"
 echo
 echo "| store | distinct users | VmRSS MiB | VmHWM MiB | seconds |"
 echo "|---|---|---|---|---|"
