@@ -230,17 +230,19 @@ impl Window {
         }
     }
 
-    /// Counts one request; only called right after a `check` that allowed it.
-    fn commit(&mut self, now: u64, spec: &WindowSpec) {
+    /// Counts one request; only called right after a `check` that allowed it. True when the
+    /// window's heap grew.
+    fn commit(&mut self, now: u64, spec: &WindowSpec) -> bool {
         let w = spec.window_ms.max(1);
         match self {
-            Window::Log(log) => log.push(bucket_end(now, w)),
+            Window::Log(log) => return log.push(bucket_end(now, w)),
             Window::Gcra { tat_us, .. } => {
                 let interval_us = (w * 1000).div_ceil(spec.limit.max(1));
                 *tat_us = (*tat_us).max(now * 1000) + interval_us;
             }
             Window::Fixed { count, .. } => *count += 1,
         }
+        false
     }
 
     /// Holds nothing that could still refuse or describe a request.
@@ -272,17 +274,23 @@ impl SlidingLog {
         self.buckets().next()
     }
 
-    /// Counts one request in the bucket ending at `end` (the newest, or a new one after it).
-    fn push(&mut self, end: u64) {
+    /// Counts one request in the bucket ending at `end` (the newest, or a new one after it). True
+    /// when the older buckets' deque was allocated or grew.
+    fn push(&mut self, end: u64) -> bool {
+        let mut grew = false;
         if self.newest.1 > 0 && self.newest.0 >= end {
             self.newest.1 += 1;
         } else {
             if self.newest.1 > 0 {
-                self.older.get_or_insert_default().push_back(self.newest);
+                let older = self.older.get_or_insert_default();
+                let capacity = older.capacity();
+                older.push_back(self.newest);
+                grew = older.capacity() != capacity;
             }
             self.newest = (end, 1);
         }
         self.total += 1;
+        grew
     }
 
     /// Drops buckets that no longer overlap (now − W, now]; frees the older buckets' deque once
@@ -367,7 +375,7 @@ impl LocalLimiter {
             None => {
                 let entry = Arc::new(Entry::default());
                 let mut st = entry.lock();
-                decide(&mut st, &entry, now, plan, false)
+                decide(&mut st, &entry, now, plan, false).0
             }
         }
     }
@@ -398,8 +406,8 @@ impl LocalLimiter {
     /// One decision on a held identity; re-weighs its cache entry when its state grew.
     fn decide(&self, key: &IdentityKey, held: &Held, now: u64, plan: &Plan, take: bool) -> Decision {
         let mut st = held.entry.lock();
-        let decision = decide(&mut st, &held.entry, now, plan, take);
-        let bytes = st.footprint();
+        let (decision, grew) = decide(&mut st, &held.entry, now, plan, take);
+        let bytes = if grew { st.footprint() } else { 0 };
         if bytes > st.charged {
             // Rare (a new bucket deque, or one that doubled; a window added): the entry is
             // replaced by itself at its new weight, which may evict others to make room. Under the
@@ -426,7 +434,11 @@ impl Held {
     }
 }
 
-fn decide(st: &mut IdentityState, entry: &Arc<Entry>, now: u64, plan: &Plan, take: bool) -> Decision {
+/// One decision over the identity's windows; true when its state's heap grew (a window added, a
+/// bucket deque allocated or enlarged), so it must be weighed again.
+fn decide(st: &mut IdentityState, entry: &Arc<Entry>, now: u64, plan: &Plan, take: bool) -> (Decision, bool) {
+    let windows = st.windows.capacity();
+    let mut grew = false;
     let mut slots = [0usize; MAX_WINDOWS];
     let mut tally = Tally::new(now);
     for (i, spec) in plan.windows.iter().take(MAX_WINDOWS).enumerate() {
@@ -441,14 +453,14 @@ fn decide(st: &mut IdentityState, entry: &Arc<Entry>, now: u64, plan: &Plan, tak
     let mut decision = tally.finish(plan.concurrency.map(|cap| (cap, u64::from(st.inflight))));
     if decision.allowed && take {
         for (i, spec) in plan.windows.iter().take(MAX_WINDOWS).enumerate() {
-            st.windows[slots[i]].1.commit(now, spec);
+            grew |= st.windows[slots[i]].1.commit(now, spec);
         }
         if plan.concurrency.is_some() {
             st.inflight = st.inflight.saturating_add(1);
             decision.lease = Some(Lease::Local(LocalLease { entry: Arc::clone(entry) }));
         }
     }
-    decision
+    (decision, grew || st.windows.capacity() != windows)
 }
 
 impl IdentityState {
