@@ -421,17 +421,19 @@ impl AccessEntry {
 /// Tiers fetched from Redis, per user, for `tier_cache_ttl`: bounded, evicting the least useful
 /// entries when full (never all at once).
 pub struct TierCache {
-    map: quick_cache::sync::Cache<Arc<str>, (Option<Arc<str>>, Instant)>,
+    map: crate::bounded::Bounded<Arc<str>, (Option<Arc<str>>, Instant)>,
 }
 
 impl Default for TierCache {
     fn default() -> Self {
-        TierCache { map: quick_cache::sync::Cache::new(Self::CAPACITY) }
+        use crate::bounded::arc_str;
+        TierCache { map: Self::BUDGET.cache(|user, (tier, _)| arc_str(user) + tier.as_deref().map_or(0, arc_str)) }
     }
 }
 
 impl TierCache {
-    const CAPACITY: usize = 100_000;
+    /// 100,000 users or 2 MiB (about 190 bytes each: the user id, the tier read, the slot).
+    pub const BUDGET: crate::bounded::Budget = crate::bounded::Budget::new(100_000, 2 * 1024 * 1024, 190);
 
     /// `Some(tier or None)`: a fresh answer is cached (a stored miss counts as an answer).
     fn get(&self, user: &Arc<str>, ttl: std::time::Duration) -> Option<Option<Arc<str>>> {

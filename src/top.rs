@@ -14,14 +14,18 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::bounded::{Bounded, Budget};
 use crate::identity::IdentityKey;
 
 /// Identities held at most.
 pub const CAPACITY: usize = 1_000;
 /// How long one counting period lasts.
 pub const PERIOD: Duration = Duration::from_secs(300);
-/// Identities whose last-seen tier is remembered.
-const SEEN_CAPACITY: usize = 100_000;
+/// The last-seen tiers' bound: 100,000 identities or 3 MiB, whichever comes first. An entry weighs
+/// its key (a user id's text) and its slot, about 160 bytes, so 3 MiB holds about 20,000; the tier
+/// name is the snapshot's, shared. An identity that fell out is shown again once it is seen again
+/// (or with `?tier=`). Its share of the process's 50 MiB: see `crate::bounded`.
+pub const SEEN: Budget = Budget::new(100_000, 3 * 1024 * 1024, 160);
 
 /// One identity as reported.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,7 +121,7 @@ impl Sketch {
 /// The replica's view of who is refused, and the tier each identity was last seen with.
 pub struct Top {
     sketch: Mutex<Sketch>,
-    seen: quick_cache::sync::Cache<IdentityKey, Arc<str>>,
+    seen: Bounded<IdentityKey, Arc<str>>,
     /// Someone is in this period's sketch. While nobody is (no refusals: the usual state), an
     /// admitted request has nothing to count there and takes no lock every worker shares.
     listed: std::sync::atomic::AtomicBool,
@@ -127,7 +131,7 @@ impl Default for Top {
     fn default() -> Self {
         Top {
             sketch: Mutex::new(Sketch::new(unix_now())),
-            seen: quick_cache::sync::Cache::new(SEEN_CAPACITY),
+            seen: SEEN.cache(|key, _| key.heap_bytes()),
             listed: std::sync::atomic::AtomicBool::new(false),
         }
     }

@@ -16,8 +16,9 @@ use std::path::{Path, PathBuf};
 /// them, then the compiled config, the orchestrator, and the process around it. `main.rs` (the
 /// process shell) and `lib.rs` (the module list) may name anything.
 const FLOW: &[&str] = &[
-    // What one connection knows; the vocabulary of route classes; the metrics every stage reports to.
-    "conn", "route", "metrics", //
+    // What one connection knows; the vocabulary of route classes; the metrics every stage reports to;
+    // the entries-and-bytes budgets every in-memory cache is held to.
+    "conn", "route", "metrics", "bounded", //
     // The stages, in request order (classify happens before identify, but the two share nothing).
     "identity", "limit", "upstream", "body", "forward", "headers", "error", "access", "top", //
     // Config: schema and reader, TLS key loading, the compiled snapshot.

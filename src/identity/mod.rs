@@ -25,21 +25,18 @@ use ipnet::IpNet;
 use jsonwebtoken::Algorithm;
 use serde_json::Value;
 
-/// The verified-token cache's bound, in bytes (token text plus [`ENTRY_OVERHEAD`] per entry), and the
-/// number of entries it is sized for.
-const TOKEN_CACHE_BYTES: u64 = 32 * 1024 * 1024;
-const TOKEN_CACHE_ENTRIES: usize = 100_000;
-/// What one cached identity costs besides its token text (the identity, the index, the cache's own).
-const ENTRY_OVERHEAD: u64 = 160;
+use crate::bounded::{BLOCK_OVERHEAD, Bounded, Budget};
 
-/// Weighs a cached token by the memory it holds.
-#[derive(Clone)]
-struct TokenWeight;
+/// The verified-token cache's bound: 100,000 tokens or 8 MiB, whichever comes first. A cached
+/// token weighs its text, its identity (the user id twice: the key, the header value) and its slot:
+/// about 430 bytes for a 160-byte token, so 8 MiB holds about 19,000 tokens. A token that does not
+/// fit is verified again when it comes back (a few microseconds for HS256). Its share of the
+/// process's 50 MiB: see `crate::bounded`.
+pub const TOKEN_CACHE: Budget = Budget::new(100_000, 8 * 1024 * 1024, 430);
 
-impl quick_cache::Weighter<Box<str>, Cached> for TokenWeight {
-    fn weight(&self, key: &Box<str>, _: &Cached) -> u64 {
-        key.len() as u64 + ENTRY_OVERHEAD
-    }
+/// Heap bytes a cached token holds: its text and its identity's.
+fn cached_bytes(token: &str, cached: &Cached) -> usize {
+    crate::bounded::boxed_str(token) + cached.identity.heap_bytes()
 }
 
 /// Who is counted: a verified user, or a client address.
@@ -92,6 +89,26 @@ pub struct Identity {
     pub user_header: Option<HeaderValue>,
 }
 
+impl IdentityKey {
+    /// Heap bytes the key holds (a user id's shared text; an address holds none).
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            IdentityKey::User(user) => crate::bounded::arc_str(user),
+            IdentityKey::Ip(_) => 0,
+        }
+    }
+}
+
+impl Identity {
+    /// Heap bytes the identity holds: its key's, and the header value's text plus the shared block
+    /// its first clone allocates.
+    fn heap_bytes(&self) -> usize {
+        let header =
+            self.user_header.as_ref().map_or(0, |h| h.len() + BLOCK_OVERHEAD + 3 * size_of::<usize>() + BLOCK_OVERHEAD);
+        self.key.heap_bytes() + header
+    }
+}
+
 /// The token was presented and is not acceptable. Deliberately carries no reason a forger could use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("invalid bearer token")]
@@ -112,20 +129,18 @@ impl Rejection {
 /// it was checked against is still the current one.
 pub struct RejectedTokens {
     hasher: std::hash::RandomState,
-    entries: quick_cache::sync::Cache<u64, (u64, u64)>,
+    entries: Bounded<u64, (u64, u64)>,
 }
 
 /// How long a rejection is remembered.
 const REJECTED_TTL_SECS: u64 = 60;
-/// Rejected tokens remembered at most (16 bytes each, plus the cache's own overhead).
-const REJECTED_CAPACITY: usize = 16_384;
+/// Rejected tokens remembered at most: 16,384 (an entry holds no heap, about 84 bytes with its
+/// slot, so the entries bind first, at about 1.4 MiB of the 1.5).
+pub const REJECTED: Budget = Budget::new(16_384, 3 * 512 * 1024, 84);
 
 impl Default for RejectedTokens {
     fn default() -> Self {
-        RejectedTokens {
-            hasher: std::hash::RandomState::new(),
-            entries: quick_cache::sync::Cache::new(REJECTED_CAPACITY),
-        }
+        RejectedTokens { hasher: std::hash::RandomState::new(), entries: REJECTED.cache(|_, _| 0) }
     }
 }
 
@@ -183,7 +198,7 @@ pub struct Verifier {
     pub keys: Vec<VerifyKey>,
     /// Keys fetched from `jwks_url`, refreshed in the background.
     pub remote: Option<Arc<RemoteKeys>>,
-    cache: quick_cache::sync::Cache<Box<str>, Cached, TokenWeight>,
+    cache: Bounded<Box<str>, Cached>,
     rejected: RejectedTokens,
 }
 
@@ -196,7 +211,7 @@ struct Cached {
 
 impl Verifier {
     pub fn new(rules: IdentityRules, keys: Vec<VerifyKey>, remote: Option<Arc<RemoteKeys>>) -> Verifier {
-        let cache = quick_cache::sync::Cache::with_weighter(TOKEN_CACHE_ENTRIES, TOKEN_CACHE_BYTES, TokenWeight);
+        let cache: Bounded<Box<str>, Cached> = TOKEN_CACHE.cache(|token, cached| cached_bytes(token, cached));
         Verifier { rules, keys, remote, cache, rejected: RejectedTokens::default() }
     }
 
@@ -280,7 +295,8 @@ impl Verifier {
             }
         };
         let valid_until = exp.saturating_add(self.rules.leeway.as_secs());
-        // Bounded by bytes; a full cache evicts the least useful entries (S3-FIFO), never all at once.
+        // Bounded by entries and bytes; a full cache evicts the least useful entries (S3-FIFO), never
+        // all at once.
         self.cache.insert(token.into(), Cached { identity: identity.clone(), valid_until });
         Ok(identity)
     }
@@ -393,6 +409,29 @@ mod tests {
         v.cache.insert("stale.token.x".into(), Cached { identity, valid_until: now - 1 });
         assert!(v.verify("live.token.x").is_ok(), "served from the cache");
         assert!(v.verify("stale.token.x").is_err(), "past exp + leeway: never from the cache");
+    }
+
+    /// Many more distinct tokens than fit: the cache stays within its bytes, keeps most of them
+    /// (nothing is cleared at once) and still answers for the newest.
+    #[test]
+    fn the_token_cache_stays_within_its_budget() {
+        let v = verifier();
+        let now = unix_now();
+        let token = |i: usize| format!("eyJhbGciOiJIUzI1NiJ9.{}.{i:012}", "x".repeat(120));
+        for i in 0..60_000 {
+            let user: Arc<str> = Arc::from(format!("user-{i:08}").as_str());
+            let identity = Identity {
+                user_header: Some(HeaderValue::from_str(&user).unwrap()),
+                key: IdentityKey::User(user),
+                tier: 0,
+            };
+            v.cache.insert(token(i).into(), Cached { identity, valid_until: now + 3600 });
+        }
+        assert!(v.cache.weight() <= TOKEN_CACHE.bytes, "{} bytes", v.cache.weight());
+        // About 370 bytes per token with these lengths: most of the 8 MiB is in use.
+        let held = v.cache.len();
+        assert!(held > 15_000 && held < 60_000, "{held} tokens held");
+        assert!(v.verify(&token(59_999)).is_ok(), "the newest is answered from the cache");
     }
 
     #[test]

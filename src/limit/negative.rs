@@ -10,18 +10,25 @@
 use std::sync::Arc;
 
 use super::{Decision, IdentityKey, Plan};
+use crate::bounded::{Bounded, Budget};
 
-/// Identities remembered at most; past it the least useful entries are evicted (S3-FIFO), never all
-/// at once. An evicted refusal only costs one more store call.
-const CAPACITY: usize = 100_000;
+/// Refused identities remembered at most: 100,000 or 3 MiB, whichever comes first (an identity
+/// refused on one window weighs about 210 bytes: its key, one refusal, its slot; so about 15,000).
+/// Past it the least useful entries are evicted (S3-FIFO), never all at once. An evicted refusal
+/// only costs one more store call. Its share of the process's 50 MiB: see `crate::bounded`.
+pub const BUDGET: Budget = Budget::new(100_000, 3 * 1024 * 1024, 210);
 
 pub struct NegativeCache {
-    map: quick_cache::sync::Cache<IdentityKey, Vec<Refusal>>,
+    map: Bounded<IdentityKey, Vec<Refusal>>,
 }
 
 impl Default for NegativeCache {
     fn default() -> Self {
-        NegativeCache { map: quick_cache::sync::Cache::new(CAPACITY) }
+        // An entry holds its key's heap and its refusals'.
+        let bytes = |key: &IdentityKey, refusals: &Vec<Refusal>| {
+            key.heap_bytes() + refusals.capacity() * std::mem::size_of::<Refusal>() + crate::bounded::BLOCK_OVERHEAD
+        };
+        NegativeCache { map: BUDGET.cache(bytes) }
     }
 }
 

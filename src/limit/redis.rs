@@ -555,8 +555,17 @@ fn algorithm_code(algorithm: Algorithm) -> u8 {
     }
 }
 
-/// Removes released leases, batching whatever has queued up.
+/// ZREMs of one batch in flight at once. The connection pipelines concurrent calls on its socket,
+/// so releases for many callers (one key each) drain at the socket's pace, not one round trip after
+/// another: sent one by one they fell behind a few thousand distinct callers a second, and the
+/// queue of releases (and the slots they hold) grew with the number of callers.
+const RELEASES_IN_FLIGHT: usize = 64;
+/// Keys a drained batch map keeps room for; a burst's larger table is given back.
+const BATCH_KEEP: usize = 1_024;
+
+/// Removes released leases, batching whatever has queued up: one ZREM per key.
 async fn release_task(conn: Arc<ArcSwapOption<Conn>>, mut releases: mpsc::UnboundedReceiver<(String, String)>) {
+    use futures_util::StreamExt;
     let calls = metrics::counter!(crate::metrics::STORAGE_CALLS, "op" => "release");
     let mut batch: HashMap<String, Vec<String>> = HashMap::new();
     while let Some((key, member)) = releases.recv().await {
@@ -568,16 +577,20 @@ async fn release_task(conn: Arc<ArcSwapOption<Conn>>, mut releases: mpsc::Unboun
             batch.clear(); // not connected: the leases expire on their own
             continue;
         };
-        let mut c = (*c).clone();
-        for (key, members) in batch.drain() {
-            let mut cmd = redis::cmd("ZREM");
-            cmd.arg(&key).arg(&members);
-            calls.increment(1);
-            let released = tokio::time::timeout(Duration::from_secs(1), c.query::<i64>(&cmd)).await;
-            if !matches!(released, Ok(Ok(_))) {
-                tracing::debug!(key, "lease release failed; it will expire by its TTL");
+        let zrems = batch.drain().map(|(key, members)| {
+            let (mut c, calls) = ((*c).clone(), calls.clone());
+            async move {
+                let mut cmd = redis::cmd("ZREM");
+                cmd.arg(&key).arg(&members);
+                calls.increment(1);
+                let released = tokio::time::timeout(Duration::from_secs(1), c.query::<i64>(&cmd)).await;
+                if !matches!(released, Ok(Ok(_))) {
+                    tracing::debug!(key, "lease release failed; it will expire by its TTL");
+                }
             }
-        }
+        });
+        futures_util::stream::iter(zrems).buffer_unordered(RELEASES_IN_FLIGHT).for_each(|()| async {}).await;
+        batch.shrink_to(BATCH_KEEP);
     }
 }
 
