@@ -265,6 +265,6 @@ callgrind_run() {
   local total calibrate
   total=$(grep -E '^(summary|totals):' "$out" | head -1 | awk '{print $2}')
   calibrate=$(callgrind_annotate --inclusive=yes "$out" 2>/dev/null |
-    awk '/quanta::Calibration::calibrate/ {gsub(",", "", $1); print $1; exit}')
+    awk '/quanta::Calibration::calibrate/ && !found {gsub(",", "", $1); print $1; found = 1}')
   echo $(( total - ${calibrate:-0} ))
 }
