@@ -186,12 +186,11 @@ measure() {
   local pid=${2:-} redis=${3:-} url="http://127.0.0.1:$1/api/items"
   run_waited wrk taskset -c 1 timeout $((${warm:-2} + 30)) wrk -t1 -c"$conns" -d"${warm:-2}s" "$url" >/dev/null
   [ -n "$redis" ] && redis-cli -p "$redis" CONFIG RESETSTAT >/dev/null
-  local before=0 after=0 out hz
+  local before=0 after=0 out
   [ -n "$pid" ] && before=$(cpu_ticks "$pid")
   run_waited wrk taskset -c 1 timeout $((secs + 30)) wrk -t1 -c"$conns" -d"${secs}s" --latency "$url" > "$work/wrk.out"
   [ -n "$pid" ] && after=$(cpu_ticks "$pid")
   out=$(cat "$work/wrk.out")
-  hz=$(getconf CLK_TCK)
   m_reqs=$(echo "$out" | awk '/requests in/ {print $1}')
   m_rps=$(echo "$out" | awk '/Requests\/sec/ {printf "%.0f", $2}')
   m_p50=$(wrk_us "$(echo "$out" | awk '$1=="50%" {print $2}')")
@@ -202,14 +201,7 @@ measure() {
   m_bytes=$(echo "$out" | awk -v n="$m_reqs" '/ read$/ { v = $(NF-1); m = 1
     if (v ~ /KB$/) m = 1024; else if (v ~ /MB$/) m = 1048576; else if (v ~ /GB$/) m = 1073741824
     printf "%.0f", (v + 0) * m / n }')
-  m_cpu=- m_rss=- m_trips=-
-  if [ -n "$pid" ]; then
-    m_cpu=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$m_reqs" 'BEGIN {printf "%.1f", t * 1e6 / hz / n}')
-    m_rss=$(peak_rss_mib "$pid")
-  fi
-  if [ -n "$redis" ]; then
-    m_trips=$(awk -v c="$(redis_trips "$redis")" -v n="$m_reqs" 'BEGIN {printf "%.4f", c / n}')
-  fi
+  per_request "$pid" "$redis" $((after - before))
 }
 
 # As `measure`, at a steady $rate requests/s (k6, constant arrival rate, loadtest/steady.js) instead
@@ -220,13 +212,12 @@ measure_steady() {
   run_waited k6 taskset -c 1 timeout $((${warm:-2} + 60)) "$k6" run --quiet --no-usage-report \
     -e TARGET="$url" -e RATE="$rate" -e DURATION="${warm:-2}s" loadtest/steady.js >/dev/null 2>&1 || true
   [ -n "$redis" ] && redis-cli -p "$redis" CONFIG RESETSTAT >/dev/null
-  local before=0 after=0 hz
+  local before=0 after=0
   [ -n "$pid" ] && before=$(cpu_ticks "$pid")
   run_waited k6 taskset -c 1 timeout $((secs + 60)) "$k6" run --quiet --no-usage-report \
     --summary-trend-stats "med,p(99)" --summary-export "$work/k6.json" \
     -e TARGET="$url" -e RATE="$rate" -e DURATION="${secs}s" loadtest/steady.js >/dev/null 2>&1 || true
   [ -n "$pid" ] && after=$(cpu_ticks "$pid")
-  hz=$(getconf CLK_TCK)
   read -r m_reqs m_rps m_p50 m_p99 m_non2xx < <(python3 - "$work/k6.json" <<'PY'
 import json, sys
 m = json.load(open(sys.argv[1]))["metrics"]
@@ -235,13 +226,22 @@ failed = m.get("checks", {}).get("fails", 0)
 print(reqs["count"], round(reqs["rate"]), round(d["med"] * 1000), round(d["p(99)"] * 1000), failed)
 PY
 )
-  m_errs=0 m_bytes=- m_cpu=- m_rss=- m_trips=-
-  if [ -n "$pid" ]; then
-    m_cpu=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$m_reqs" 'BEGIN {printf "%.1f", t * 1e6 / hz / n}')
-    m_rss=$(peak_rss_mib "$pid")
+  m_errs=0 m_bytes=-
+  per_request "$pid" "$redis" $((after - before))
+}
+
+# The per-request figures both measures end with, from $m_reqs: m_cpu and m_rss when a pid is
+# given, m_trips when a Redis port is ("-" otherwise). Args: pid redis_port cpu_ticks_spent
+per_request() {
+  local hz
+  hz=$(getconf CLK_TCK)
+  m_cpu=- m_rss=- m_trips=-
+  if [ -n "$1" ]; then
+    m_cpu=$(awk -v t="$3" -v hz="$hz" -v n="$m_reqs" 'BEGIN {printf "%.1f", t * 1e6 / hz / n}')
+    m_rss=$(peak_rss_mib "$1")
   fi
-  if [ -n "$redis" ]; then
-    m_trips=$(awk -v c="$(redis_trips "$redis")" -v n="$m_reqs" 'BEGIN {printf "%.4f", c / n}')
+  if [ -n "$2" ]; then
+    m_trips=$(awk -v c="$(redis_trips "$2")" -v n="$m_reqs" 'BEGIN {printf "%.4f", c / n}')
   fi
 }
 
