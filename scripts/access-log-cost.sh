@@ -12,6 +12,7 @@ for tool in valgrind nginx curl; do command -v $tool >/dev/null || { echo "missi
 [ -x target/release/tiergate ] || cargo build --release
 # shellcheck source=scripts/bench-common.sh
 . scripts/bench-common.sh
+use_free_ports
 start_upstream
 sleep 0.5
 

@@ -326,8 +326,9 @@ run_target() {
   case $t in
     nginx) pid=$(cat "$work/proxy-worker.pid") ;;
     haproxy|envoy|traefik) pid=$(cat "$work/proxy.pid") ;;
-    tiergate-*) pid=$tiergate_pid port=$tiergate_port log=tiergate.err; [ "$needs_redis" = 1 ] && redis=$redis_port ;;
+    tiergate-*) pid=$tiergate_pid port=$tiergate_port log=tiergate.err ;;
   esac
+  case $t in tiergate-redis*) redis=$redis_port ;; esac   # round trips only where Redis is the store
   if ! wait_http "http://127.0.0.1:$port/api/items"; then
     echo "$t	did not start: $(tail -n 3 "$work/$log" 2>/dev/null | tr '\n' ' ')" >> "$work/skipped"
   else
