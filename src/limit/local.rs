@@ -81,11 +81,7 @@ impl Lifecycle<IdentityKey, Held> for InUse {
 
 /// Heap bytes an identity's cache entry holds besides its slot.
 fn held_bytes(key: &IdentityKey, held: &Held) -> usize {
-    let key_bytes = match key {
-        IdentityKey::User(user) => crate::bounded::arc_str(user),
-        IdentityKey::Ip(_) => 0,
-    };
-    key_bytes + held.bytes as usize
+    key.heap_bytes() + held.bytes as usize
 }
 
 #[derive(Default)]
