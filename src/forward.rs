@@ -222,7 +222,7 @@ pub struct Upstream<'a> {
 
 /// Turns the client's request parts into the upstream request's (same method, path, query, body),
 /// with an origin-form URI: where it goes is `to`'s.
-pub fn prepare(parts: &mut http::request::Parts, to: &Upstream<'_>) -> Result<(), http::Error> {
+pub fn prepare(parts: &mut http::request::Parts, to: &Upstream<'_>) {
     // h2 clients carry the host in the URI; the HTTP/1.1 upstream needs a Host header (the
     // upstream's own when the client sent none at all, an HTTP/1.0 client's right).
     if !parts.headers.contains_key(header::HOST) {
@@ -245,7 +245,6 @@ pub fn prepare(parts: &mut http::request::Parts, to: &Upstream<'_>) -> Result<()
     if !parts.headers.contains_key(&X_REQUEST_ID) {
         parts.headers.insert(X_REQUEST_ID.clone(), request_id());
     }
-    Ok(())
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue) {

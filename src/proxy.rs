@@ -269,8 +269,7 @@ impl Proxy {
             proto: if conn.tls { "https" } else { "http" },
             upgrade,
         };
-        forward::prepare(&mut parts, &target)
-            .map_err(|_| ProxyError::BadRequest("The request target cannot be forwarded."))?;
+        forward::prepare(&mut parts, &target);
         let upstream_started = Instant::now();
         let sent = forward::send(&self.client, &target, Request::from_parts(parts, body), snap.upstream_timeout).await;
         let upstream_took = upstream_started.elapsed();
