@@ -36,6 +36,12 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot start worker thread {worker}: {source}")]
+    Worker {
+        worker: usize,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("storage: {0}")]
     Store(#[from] crate::limit::redis::StoreError),
     #[error("{0}")]
@@ -208,8 +214,9 @@ type WorkerParts = (Option<tokio_rustls::TlsAcceptor>, Arc<Proxy>, CancellationT
 async fn spawn_worker(n: usize, addr: SocketAddr, parts: WorkerParts) -> Result<(), StartError> {
     let (tls, proxy, shutdown, connections, stop) = parts;
     let failed = |source| StartError::Bind { key: "server.listen", addr, source };
+    let no_thread = |source| StartError::Worker { worker: n, source };
     let (listening, ready) = tokio::sync::oneshot::channel();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(failed)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(no_thread)?;
     std::thread::Builder::new()
         .name(format!("tiergate-worker-{n}"))
         .spawn(move || {
@@ -227,11 +234,11 @@ async fn spawn_worker(n: usize, addr: SocketAddr, parts: WorkerParts) -> Result<
                 stop.cancelled().await;
             });
         })
-        .map_err(failed)?;
+        .map_err(no_thread)?;
     match ready.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(failed(e)),
-        Err(_) => Err(failed(std::io::Error::other("the worker thread ended before it listened"))),
+        Err(_) => Err(no_thread(std::io::Error::other("it ended before it listened"))),
     }
 }
 

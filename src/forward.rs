@@ -90,7 +90,9 @@ pub fn https_connector(
 /// upload cap) are told apart from the upstream's, so a client cannot fire upstream alerts at will.
 #[derive(Debug)]
 pub enum ForwardError {
-    Connect,
+    /// No connection could be made; the cause (refused, unreachable, TLS, connect timeout) is for
+    /// the log line.
+    Connect(Box<dyn std::error::Error + Send + Sync>),
     Timeout,
     /// The connection broke or the response was malformed.
     Protocol,
@@ -104,7 +106,7 @@ impl ForwardError {
     /// The `kind` label for an upstream failure; `None`: the client's fault, not the upstream's.
     pub fn upstream_kind(&self) -> Option<UpstreamErrorKind> {
         match self {
-            ForwardError::Connect => Some(UpstreamErrorKind::Connect),
+            ForwardError::Connect(_) => Some(UpstreamErrorKind::Connect),
             ForwardError::Timeout => Some(UpstreamErrorKind::Timeout),
             ForwardError::Protocol => Some(UpstreamErrorKind::Protocol),
             ForwardError::ClientBody | ForwardError::UploadTooLarge => None,
@@ -112,12 +114,12 @@ impl ForwardError {
     }
 
     /// Classifies a send error by walking its causes down to our own request body's errors.
-    fn classify(e: &SendError) -> ForwardError {
+    fn classify(e: SendError) -> ForwardError {
         let e = match e {
-            SendError::Connect(_) => return ForwardError::Connect,
+            SendError::Connect(cause) => return ForwardError::Connect(cause),
             SendError::Http(e) => e,
         };
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
         while let Some(c) = cause {
             if c.is::<UploadTooLarge>() {
                 return ForwardError::UploadTooLarge;
@@ -143,7 +145,7 @@ pub async fn send(
     match tokio::time::timeout(timeout, client.send(target, req)).await {
         Err(_) => Err(ForwardError::Timeout),
         Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(e)) => Err(ForwardError::classify(&e)),
+        Ok(Err(e)) => Err(ForwardError::classify(e)),
     }
 }
 
