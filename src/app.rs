@@ -64,6 +64,8 @@ pub struct App {
     /// The admin listener outlives the drain: it stops when the `App` is dropped (process exit).
     admin_stop: CancellationToken,
     connections: TaskTracker,
+    /// The accept loops, every worker's: a drain waits for all of them to have stopped accepting.
+    listeners: TaskTracker,
     tasks: TaskTracker,
 }
 
@@ -139,6 +141,7 @@ pub async fn start_workers(
     });
     let shutdown = CancellationToken::new();
     let connections = TaskTracker::new();
+    let listeners = TaskTracker::new();
     let tasks = TaskTracker::new();
 
     let tls = startup.tls.then(|| {
@@ -147,10 +150,23 @@ pub async fn start_workers(
     });
     let admin_stop = CancellationToken::new();
     for worker in 1..=extra {
-        let parts = (tls.clone(), Arc::clone(&proxy), shutdown.clone(), connections.clone(), admin_stop.clone());
+        let parts = (
+            tls.clone(),
+            Arc::clone(&proxy),
+            shutdown.clone(),
+            connections.clone(),
+            listeners.clone(),
+            admin_stop.clone(),
+        );
         spawn_worker(worker, addr, parts).await?;
     }
-    tasks.spawn(crate::server::accept_loop(listener, tls, Arc::clone(&proxy), shutdown.clone(), connections.clone()));
+    listeners.spawn(crate::server::accept_loop(
+        listener,
+        tls,
+        Arc::clone(&proxy),
+        shutdown.clone(),
+        connections.clone(),
+    ));
     let operator = crate::admin::Operator {
         ready: Arc::clone(&proxy.ready),
         metrics,
@@ -194,7 +210,7 @@ pub async fn start_workers(
         }
     });
     tracing::info!(%addr, %admin_addr, "tiergate listening");
-    Ok(App { addr, admin_addr, proxy, shutdown, admin_stop, connections, tasks })
+    Ok(App { addr, admin_addr, proxy, shutdown, admin_stop, connections, listeners, tasks })
 }
 
 /// A listener on `addr` that other listeners may share (`SO_REUSEPORT`; Linux lets only the same
@@ -207,12 +223,13 @@ fn bind_shared(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-type WorkerParts = (Option<tokio_rustls::TlsAcceptor>, Arc<Proxy>, CancellationToken, TaskTracker, CancellationToken);
+type WorkerParts =
+    (Option<tokio_rustls::TlsAcceptor>, Arc<Proxy>, CancellationToken, TaskTracker, TaskTracker, CancellationToken);
 
 /// Starts worker thread `n`: its own current-thread runtime and listener on `addr`, serving until
 /// shutdown, then driving its connections until the `App` is dropped. Returns once it listens.
 async fn spawn_worker(n: usize, addr: SocketAddr, parts: WorkerParts) -> Result<(), StartError> {
-    let (tls, proxy, shutdown, connections, stop) = parts;
+    let (tls, proxy, shutdown, connections, listeners, stop) = parts;
     let failed = |source| StartError::Bind { key: "server.listen", addr, source };
     let no_thread = |source| StartError::Worker { worker: n, source };
     let (listening, ready) = tokio::sync::oneshot::channel();
@@ -228,8 +245,11 @@ async fn spawn_worker(n: usize, addr: SocketAddr, parts: WorkerParts) -> Result<
                         return;
                     }
                 };
+                // Tracked before it says it listens: a drain that follows waits for this loop too.
+                let accepting =
+                    listeners.track_future(crate::server::accept_loop(listener, tls, proxy, shutdown, connections));
                 let _ = listening.send(Ok(()));
-                crate::server::accept_loop(listener, tls, proxy, shutdown, connections).await;
+                accepting.await;
                 // The connections this thread accepted run here: keep turning until the end.
                 stop.cancelled().await;
             });
@@ -262,10 +282,13 @@ impl App {
     pub async fn drain(&self, grace: Duration) -> bool {
         self.proxy.ready.store(false, Ordering::Release);
         self.shutdown.cancel();
+        self.listeners.close();
         self.connections.close();
         self.proxy.tunnels.close();
         self.tasks.close();
         let everything = async {
+            // Every worker's listener closed first: no connection is accepted after this.
+            self.listeners.wait().await;
             self.connections.wait().await;
             self.proxy.tunnels.wait().await;
         };
