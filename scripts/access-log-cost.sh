@@ -7,14 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-2000}
 work=$(mktemp -d)
-trap 'kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
-for tool in valgrind nginx curl; do command -v $tool >/dev/null || { echo "missing $tool" >&2; exit 1; }; done
-[ -x target/release/tiergate ] || cargo build --release
 # shellcheck source=scripts/bench-common.sh
 . scripts/bench-common.sh
-use_free_ports
-start_upstream
-sleep 0.5
+start_cost_run
 
 run() { # mode count
   write_bench_config 100000 -e "s#^access = .*#access = \"$1\"#"

@@ -245,6 +245,19 @@ per_request() {
   fi
 }
 
+# The setup the callgrind cost scripts share: valgrind, nginx and curl present, a release build
+# (built if missing; `TIERGATE_BIN` skips the check), free ports, everything stopped on exit, and the
+# nginx upstream started.
+start_cost_run() {
+  local tool
+  for tool in valgrind nginx curl; do command -v $tool >/dev/null || { echo "missing $tool" >&2; exit 1; }; done
+  [ -n "${TIERGATE_BIN:-}" ] || [ -x target/release/tiergate ] || cargo build --release
+  use_free_ports
+  trap bench_cleanup EXIT
+  start_upstream
+  sleep 0.5
+}
+
 # Instructions (callgrind) for one run of tiergate on $work/tiergate.toml: start, COUNT requests to
 # PATH over keep-alive (curl's [1-COUNT] globbing), SIGTERM. Subtract a COUNT=0 run for the cost of
 # the requests alone. Args: tag count path [curl options...]

@@ -11,12 +11,8 @@ n=${N:-2000}
 work=$(mktemp -d)
 # shellcheck source=scripts/bench-common.sh
 . scripts/bench-common.sh
-use_free_ports
-trap bench_cleanup EXIT
-for tool in valgrind nginx curl; do command -v $tool >/dev/null || { echo "missing $tool" >&2; exit 1; }; done
-[ $# -gt 0 ] || { [ -x target/release/tiergate ] || cargo build --release; set -- target/release/tiergate; }
-start_upstream
-sleep 0.5
+[ $# -gt 0 ] || set -- target/release/tiergate
+start_cost_run
 write_bench_config 100000 -e 's#^access = .*#access = "none"#'
 printf '%-40s %16s\n' "build" "instr/request"
 for bin in "$@"; do
