@@ -58,8 +58,6 @@ pub struct ConnActivity {
     requests: AtomicU64,
     /// The connection was upgraded (a tunnel now): nothing more to sniff.
     upgraded: AtomicBool,
-    /// Woken when a request head starts, so the watchdog re-arms its header-read deadline.
-    head_started: tokio::sync::Notify,
 }
 
 impl Default for ConnActivity {
@@ -79,7 +77,6 @@ impl ConnActivity {
             smuggling_head: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             upgraded: AtomicBool::new(false),
-            head_started: tokio::sync::Notify::new(),
         }
     }
 
@@ -115,11 +112,6 @@ impl ConnActivity {
         Some(self.born + Duration::from_millis(self.last_ms.load(Ordering::Acquire)) + idle)
     }
 
-    /// Resolves when a request head starts being read (a stored wake-up counts).
-    pub async fn head_started(&self) {
-        self.head_started.notified().await;
-    }
-
     /// When the request head being read must be complete; `None`: no head is being read.
     pub fn head_deadline(&self, header_read_timeout: Duration) -> Option<Instant> {
         match self.head_since.load(Ordering::Acquire) {
@@ -131,9 +123,8 @@ impl ConnActivity {
     fn mark_head(&self, reading: bool) {
         if reading {
             let now = self.born.elapsed().as_millis() as u64 + 1;
-            if self.head_since.compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-                self.head_started.notify_one();
-            }
+            // The watchdog finds it when it next fires (at most `header_read_timeout` away).
+            let _ = self.head_since.compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
         } else {
             self.head_since.store(0, Ordering::Release);
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
@@ -23,7 +23,8 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1). `Connection` first:
+/// `strip_hop_by_hop` reads its bit as bit 0.
 static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -35,6 +36,23 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
+
+/// Where `name` is in [`HOP_BY_HOP`]: one match on the name's text (compiled to a length switch),
+/// not nine comparisons per header.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    match name.as_str() {
+        "connection" => Some(0),
+        "keep-alive" => Some(1),
+        "proxy-connection" => Some(2),
+        "proxy-authenticate" => Some(3),
+        "proxy-authorization" => Some(4),
+        "te" => Some(5),
+        "trailer" => Some(6),
+        "transfer-encoding" => Some(7),
+        "upgrade" => Some(8),
+        _ => None,
+    }
+}
 
 /// One connection pool for the process (it outlives config snapshots, so connections survive
 /// reloads). Plain `http://` upstreams (the sidecar case) and `https://` ones (system and Mozilla
@@ -172,7 +190,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // most messages carry one hop-by-hop header or none).
     let mut present = 0u16;
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+        if let Some(i) = hop_by_hop_index(name) {
             present |= 1 << i;
         }
     }
@@ -180,17 +198,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         return; // no `Connection` either, so nothing it could name
     }
     // `Connection: keep-alive` or `upgrade` (nearly every one) names only headers the fixed list
-    // below removes anyway: only other tokens are collected (which allocates).
+    // below removes anyway: only other tokens are collected (which allocates), and a value that is
+    // one such name alone is not split at all.
     let listed = |t: &str| HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h.as_str()));
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty() && !listed(t))
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
+    let mut named: Vec<HeaderName> = Vec::new();
+    if present & 1 != 0 {
+        for value in headers.get_all(header::CONNECTION) {
+            let Ok(value) = value.to_str() else { continue };
+            if listed(value) {
+                continue;
+            }
+            for token in value.split(',').map(str::trim) {
+                if !token.is_empty()
+                    && !listed(token)
+                    && let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+                {
+                    named.push(name);
+                }
+            }
+        }
+    }
     for name in named {
         if !(keep_upgrade && name == header::UPGRADE) {
             headers.remove(name);
@@ -241,21 +268,31 @@ pub fn prepare(parts: &mut http::request::Parts, to: &Upstream<'_>) {
 
     strip_hop_by_hop(&mut parts.headers, to.upgrade);
     append_forwarded_for(&mut parts.headers, to.client_ip_value);
-    if !(to.trusted_peer && parts.headers.contains_key(&X_FORWARDED_PROTO)) {
-        parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(to.proto));
+    // One hash per header: the entry is looked up once, then filled or kept.
+    match parts.headers.entry(&X_FORWARDED_PROTO) {
+        Entry::Occupied(_) if to.trusted_peer => {}
+        Entry::Occupied(mut kept) => {
+            kept.insert(HeaderValue::from_static(to.proto));
+        }
+        Entry::Vacant(slot) => {
+            slot.insert(HeaderValue::from_static(to.proto));
+        }
     }
-    if !parts.headers.contains_key(&X_REQUEST_ID) {
-        parts.headers.insert(X_REQUEST_ID.clone(), request_id());
+    if let Entry::Vacant(slot) = parts.headers.entry(&X_REQUEST_ID) {
+        slot.insert(request_id());
     }
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue) {
-    if !headers.contains_key(&X_FORWARDED_FOR) {
-        headers.insert(X_FORWARDED_FOR.clone(), peer.clone());
-        return;
-    }
+    let mut sent = match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Vacant(slot) => {
+            slot.insert(peer.clone());
+            return;
+        }
+        Entry::Occupied(sent) => sent,
+    };
     let mut value = String::with_capacity(64);
-    for v in headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()) {
+    for v in sent.iter().filter_map(|v| v.to_str().ok()) {
         if !value.is_empty() {
             value.push_str(", ");
         }
@@ -266,7 +303,8 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue) {
     }
     value.push_str(peer.to_str().unwrap_or("unknown"));
     if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+        // Every value it had becomes this one.
+        sent.insert(v);
     }
 }
 
@@ -306,6 +344,16 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn the_hop_by_hop_index_matches_the_list() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
+        }
+        for name in [header::HOST, header::USER_AGENT, header::CONTENT_LENGTH, HeaderName::from_static("x-te")] {
+            assert_eq!(hop_by_hop_index(&name), None, "{name}");
+        }
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! enforce the header-read and idle timeouts, and close gracefully on shutdown. Building the parts
 //! and draining them is the composition root's (`app.rs`).
 //!
-//! Timeouts are enforced by one watchdog per connection, from what the connection's framing sniffer
-//! sees (`conn.rs`): `header_read_timeout` runs from the accept (first request) or from the first
+//! Timeouts are enforced by one watchdog timer per connection, from what the connection's framing
+//! sniffer sees (`conn.rs`): `header_read_timeout` runs from the accept (first request) or from the first
 //! byte of a later request head until the head is complete — past it the connection is dropped;
 //! `idle_timeout` runs while no request is in flight and no head is being read — past it the
 //! connection is closed gracefully. (hyper's own header timer is off: it also runs while a
@@ -94,35 +94,44 @@ where
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
 
+    // One timer for the connection's life, re-armed only when it fires: it fires at least every
+    // `header_read_timeout`, so a head that starts between two firings is seen at the next one and
+    // its deadline armed exactly. Nothing is re-armed per request.
+    let watchdog = tokio::time::sleep(header_read_timeout.min(idle_timeout));
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(watchdog, cancelled);
     let mut closing = false;
     loop {
-        let idle_at = activity.idle_deadline(idle_timeout).unwrap_or_else(|| Instant::now() + idle_timeout);
-        let head_at = activity.head_deadline(header_read_timeout);
-        let wake_at = head_at.map_or(idle_at, |h| h.min(idle_at));
         tokio::select! {
+            biased;
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, %peer, "connection ended with an error");
                 }
                 break;
             }
-            _ = shutdown.cancelled(), if !closing => {
+            _ = &mut cancelled, if !closing => {
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            // A new head on a kept-alive connection: its header-read deadline starts now.
-            _ = activity.head_started() => {}
-            _ = tokio::time::sleep_until(wake_at) => {
+            _ = watchdog.as_mut() => {
                 let now = Instant::now();
-                if activity.head_deadline(header_read_timeout).is_some_and(|at| at <= now) {
+                let head_at = activity.head_deadline(header_read_timeout);
+                if head_at.is_some_and(|at| at <= now) {
                     // A head that is not complete in time (slowloris): drop the connection.
                     tracing::debug!(%peer, "request head not complete within header_read_timeout; closing");
                     break;
                 }
-                if !closing && activity.idle_deadline(idle_timeout).is_some_and(|at| at <= now) {
+                let idle_at = activity.idle_deadline(idle_timeout);
+                if !closing && idle_at.is_some_and(|at| at <= now) {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
+                let next = [head_at, idle_at.filter(|_| !closing)]
+                    .into_iter()
+                    .flatten()
+                    .fold(now + header_read_timeout.min(idle_timeout), Instant::min);
+                watchdog.as_mut().reset(next);
             }
         }
     }

@@ -165,7 +165,9 @@ where
                 },
             }
         }
-        let mut idle = self.connect(to).await?;
+        // Boxed: connecting is rare and its future large; inline, it would be moved with every
+        // request's future.
+        let mut idle = Box::pin(self.connect(to)).await?;
         match idle.tx.send_request(req).await {
             Ok(resp) => Ok((resp, Pooled { idle, pool: Arc::clone(&self.inner) })),
             Err(e) => Err(SendError::Http(e)),
