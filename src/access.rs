@@ -17,7 +17,8 @@ use tokio::sync::mpsc;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccessMode {
     None,
-    /// Every response tiergate made itself rather than the upstream (400, 401, 413, 429, 502, 503, 504).
+    /// Every response tiergate made itself rather than the upstream (400, 401, 413, 414, 429, 431, 502,
+    /// 503, 504), those the HTTP codec made for unparsable heads included.
     Refused,
     All,
 }

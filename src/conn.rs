@@ -120,6 +120,14 @@ impl ConnActivity {
         }
     }
 
+    /// When the request head being read started; `None`: no head is being read.
+    pub fn head_started_at(&self) -> Option<Instant> {
+        match self.head_since.load(Ordering::Acquire) {
+            0 => None,
+            since => Some(self.born + Duration::from_millis(since - 1)),
+        }
+    }
+
     fn mark_head(&self, reading: bool) {
         if reading {
             let now = self.born.elapsed().as_millis() as u64 + 1;

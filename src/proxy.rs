@@ -319,6 +319,36 @@ impl Proxy {
 }
 
 impl Proxy {
+    /// A request hyper refused itself, before tiergate saw it, with an answer of its own: `status`
+    /// 431 for a head over `max_header_bytes`, 414 for a URI too long to hold, 400 for a malformed
+    /// request line or header (conflicting `Content-Length` among them). Counted and logged as
+    /// tiergate's own refusals are, under `bad_request` with no tier; its method and path were never
+    /// parsed, so the access line says `-` for both.
+    pub fn refused_by_codec(&self, conn: &ConnInfo, status: u16, head_started: Option<Instant>) {
+        let snap = self.snapshot.load();
+        let took = head_started.map(|at| at.elapsed()).unwrap_or_default();
+        snap.metrics.record(None, Class::General, Outcome::BadRequest, took.as_secs_f64());
+        if snap.access == AccessMode::None || !self.access.is_enabled() {
+            return;
+        }
+        let request_id = forward::request_id();
+        self.access.emit(&Line {
+            ts: crate::access::timestamp(std::time::SystemTime::now()),
+            request_id: request_id.to_str().unwrap_or("-"),
+            method: "-",
+            path: "-",
+            status,
+            class: Class::General.as_str(),
+            tier: &snap.no_tier,
+            key: Some(snap.identity.anonymous_key(&HeaderMap::new(), conn.peer).to_string()),
+            decision: Outcome::BadRequest.as_str(),
+            window: None,
+            duration_ms: crate::access::millis(took),
+            upstream_ms: None,
+            bytes_sent: 0,
+        });
+    }
+
     /// The caller's identity; with `tier_source = "redis"`, a user's tier comes from Redis when set.
     async fn identify(&self, snap: &Snapshot, conn: &ConnInfo, headers: &HeaderMap) -> Result<Identity, ProxyError> {
         let mut identity = match snap.identity.identify(headers, conn.peer, true) {

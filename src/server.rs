@@ -1,7 +1,8 @@
 //! Listeners' accept loop and each connection's life: serve it with hyper-util's auto builder
 //! (HTTP/1.1 and h2c on one port, h2/HTTP/1.1 by ALPN over TLS), hand every request to the proxy,
-//! enforce the header-read and idle timeouts, and close gracefully on shutdown. Building the parts
-//! and draining them is the composition root's (`app.rs`).
+//! enforce the header-read and idle timeouts, report the heads hyper refuses itself (to the proxy,
+//! which counts and logs them), and close gracefully on shutdown. Building the parts and draining
+//! them is the composition root's (`app.rs`).
 //!
 //! Timeouts are enforced by one watchdog timer per connection, from what the connection's framing
 //! sniffer sees (`conn.rs`): `header_read_timeout` runs from the accept (first request) or from the first
@@ -78,7 +79,10 @@ where
     };
     let activity = Arc::new(ConnActivity::new());
     let info = Arc::new(ConnInfo::new(peer, tls, Arc::clone(&activity)));
-    let service = service_fn(move |req| Arc::clone(&proxy).handle(Arc::clone(&info), req));
+    let service = {
+        let (proxy, info) = (Arc::clone(&proxy), Arc::clone(&info));
+        service_fn(move |req| Arc::clone(&proxy).handle(Arc::clone(&info), req))
+    };
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // The header-read timeout is enforced below from what the sniffer sees: hyper's own timer would
@@ -107,6 +111,9 @@ where
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    if let Some(status) = e.downcast_ref::<hyper::Error>().and_then(codec_refusal) {
+                        proxy.refused_by_codec(&info, status, activity.head_started_at().map(Instant::into_std));
+                    }
                 }
                 break;
             }
@@ -135,4 +142,20 @@ where
             }
         }
     }
+}
+
+/// The status hyper answered a request it could not parse with, when it answered one: it writes
+/// 400, 414 or 431 itself (`hyper::proto::h1::role::Server::on_error`) and then ends the connection
+/// with the parse error. Other parse errors end it without an answer.
+fn codec_refusal(e: &hyper::Error) -> Option<u16> {
+    if !e.is_parse() || e.is_parse_status() || e.is_parse_version_h2() {
+        return None;
+    }
+    // The kinds are not public; their descriptions are hyper's own fixed texts.
+    let text = e.to_string();
+    if e.is_parse_too_large() {
+        return Some(if text.contains("URI") { 414 } else { 431 });
+    }
+    // `Parse::Internal` ("internal error inside Hyper …") gets no automatic answer.
+    (!text.contains("internal error")).then_some(400)
 }

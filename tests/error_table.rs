@@ -29,6 +29,19 @@ async fn each_status_is_counted_under_the_right_decision() {
 
     let anon = |path: &str| gate.url(path);
     assert_eq!(get(&anon("/../x"), &[]).await.status, 400);
+    // Refused by hyper itself before tiergate sees a request (CONTRACT.md "Connections"), counted all
+    // the same: a head over max_header_bytes, a malformed header line, conflicting Content-Length.
+    let addr = gate.server.addr;
+    let big = format!("GET /big HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(70 * 1024));
+    for (head, status) in [
+        (big.as_bytes(), "431"),
+        (&b"GET /x HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n"[..], "400"),
+        (&b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"[..], "400"),
+    ] {
+        let (resp, closed) = raw(addr, head, std::time::Duration::from_secs(3)).await;
+        assert!(resp.starts_with(&format!("HTTP/1.1 {status}")), "{status}: {resp}");
+        assert!(closed, "{status}: the connection is closed");
+    }
     assert_eq!(get(&anon("/x"), &[("authorization", "Bearer not-a-token")]).await.status, 401);
     let big = request("POST", &anon("/upload"), &[("content-length", "2000000")], vec![0u8; 2_000_000]);
     assert_eq!(send(&client(), big).await.status, 413);
@@ -47,7 +60,11 @@ async fn each_status_is_counted_under_the_right_decision() {
 
     let after = get(&format!("{}/metrics", gate.admin), &[]).await.body;
     let delta = |labels: &[&str]| count(&after, labels) - count(&before, labels);
-    assert_eq!(delta(&["tier=\"none\"", "decision=\"bad_request\""]), 1.0, "400: refused before identification");
+    assert_eq!(
+        delta(&["tier=\"none\"", "class=\"general\"", "decision=\"bad_request\""]),
+        4.0,
+        "400 (a path, a header line, two lengths) and 431: refused before identification"
+    );
     assert_eq!(delta(&["tier=\"none\"", "decision=\"unauthorized\""]), 1.0, "401");
     assert_eq!(delta(&["tier=\"free\"", "decision=\"too_large\""]), 1.0, "413");
     assert_eq!(delta(&["tier=\"free\"", "class=\"api\"", "decision=\"limited\""]), 1.0, "429");
@@ -61,5 +78,5 @@ async fn each_status_is_counted_under_the_right_decision() {
     };
     assert_eq!(upstream("kind=\"timeout\""), 1.0);
     assert_eq!(upstream("kind=\"connect\""), 1.0);
-    assert_eq!(delta(&[]), 10.0, "every request counted exactly once");
+    assert_eq!(delta(&[]), 13.0, "every request counted exactly once");
 }
