@@ -24,6 +24,11 @@
 //! leases simply expire.
 
 use std::collections::{HashMap, HashSet};
+
+/// The lease books' maps: keyed by Redis key and lease member, hashed on every request that holds a
+/// slot, with a seeded fast hasher rather than SipHash.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type Set<T> = HashSet<T, foldhash::fast::RandomState>;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -95,6 +100,49 @@ impl Conn {
             Conn::Cluster(c) => cmd.query_async(c).await,
         }
     }
+
+    /// Runs `cmd`, an `EVALSHA` of `script` built with [`evalsha`], loading the script first where
+    /// this Redis does not hold it yet (a restart, a failover, a node added), as `invoke` does.
+    async fn eval<T: redis::FromRedisValue>(
+        &mut self,
+        script: &redis::Script,
+        cmd: &redis::Cmd,
+    ) -> redis::RedisResult<T> {
+        match self.query(cmd).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                match self {
+                    Conn::Single(c) => script.load_async(c).await?,
+                    Conn::Cluster(c) => script.load_async(c).await?,
+                };
+                self.query(cmd).await
+            }
+            reply => reply,
+        }
+    }
+}
+
+/// A reply that is an array of integers, as the decision script's is; `None` for anything else. Read
+/// directly: the generic `Vec<i64>` conversion costs more than the decision's own arithmetic.
+fn integers(reply: redis::Value) -> Option<Vec<i64>> {
+    match reply {
+        redis::Value::Array(items) => items
+            .into_iter()
+            .map(|v| match v {
+                redis::Value::Int(i) => Some(i),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
+    }
+}
+
+/// The start of an `EVALSHA` of `script` with `keys` keys, room made for `args` more arguments:
+/// keys, then arguments, follow with `arg`. One buffer for every argument, where a
+/// `ScriptInvocation` allocates one per argument and then copies them all into such a command.
+fn evalsha(script: &redis::Script, keys: usize, args: usize) -> redis::Cmd {
+    let mut cmd = redis::Cmd::with_capacity(3 + keys + args, 64 * (keys + 1) + 12 * args);
+    cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys);
+    cmd
 }
 
 /// Where to connect.
@@ -127,9 +175,9 @@ pub struct RedisStore {
 /// Leases this replica holds, for renewal: in flight, and (quota batching) idle in the pool, kept
 /// for the caller's next request; releases go to a background task.
 struct LeaseBook {
-    live: Mutex<HashMap<String, HashSet<String>>>,
+    live: Mutex<Map<String, Set<String>>>,
     /// Lease key → idle members and when each went idle (store clock, ms).
-    idle: Mutex<HashMap<String, Vec<(String, u64)>>>,
+    idle: Mutex<Map<String, Vec<(String, u64)>>>,
     release: mpsc::UnboundedSender<(String, String)>,
     time_offset_ms: Arc<AtomicI64>,
 }
@@ -286,8 +334,8 @@ impl RedisStore {
 
         let (release, releases) = mpsc::unbounded_channel();
         let leases = Arc::new(LeaseBook {
-            live: Mutex::new(HashMap::new()),
-            idle: Mutex::new(HashMap::new()),
+            live: Mutex::new(Map::default()),
+            idle: Mutex::new(Map::default()),
             release,
             time_offset_ms: Arc::clone(&time_offset_ms),
         });
@@ -353,23 +401,23 @@ impl RedisStore {
         ask: Ask,
     ) -> Result<(Decision, Granted), StoreError> {
         let mut conn = self.conn()?;
-        let mut inv = self.script.prepare_invoke();
         let windows: &[super::WindowSpec] = if ask.skip_windows { &[] } else { &plan.windows };
+        let cap = plan.concurrency.filter(|_| !ask.skip_slot);
+        let mut inv = evalsha(&self.script, windows.len() + usize::from(cap.is_some()), 11 + 2 * windows.len());
         let mut key = self.key_base(identity);
         let base = key.len();
         for w in windows {
             key.truncate(base);
             key.push_str(&w.name);
-            inv.key(key.as_str());
+            inv.arg(key.as_str());
         }
-        let cap = plan.concurrency.filter(|_| !ask.skip_slot);
         let lease_key = cap.map(|_| {
             key.truncate(base);
             key.push_str(crate::limit::CONCURRENT);
             key
         });
         if let Some(k) = &lease_key {
-            inv.key(k.as_str());
+            inv.arg(k.as_str());
         }
         let member = format!("{:016x}-{}", self.instance, self.member_seq.fetch_add(1, Ordering::Relaxed));
         let alg = algorithm_code(plan.algorithm);
@@ -388,7 +436,11 @@ impl RedisStore {
         for w in windows {
             inv.arg(w.limit).arg(w.window_ms);
         }
-        let reply: Result<Vec<i64>, _> = conn.invoke(&inv).await;
+        let reply = conn
+            .eval::<redis::Value>(&self.script, &inv)
+            .await
+            .map_err(StoreError::from)
+            .and_then(|r| integers(r).filter(|r| r.len() == 6 + 3 * windows.len()).ok_or(StoreError::BadReply));
         let reply = match reply {
             Ok(r) => r,
             Err(e) => {
@@ -399,12 +451,9 @@ impl RedisStore {
                         let _ = self.leases.release.send((k.clone(), format!("{member}.{j}")));
                     }
                 }
-                return Err(e.into());
+                return Err(e);
             }
         };
-        if reply.len() != 6 + 3 * windows.len() {
-            return Err(StoreError::BadReply);
-        }
         let now = reply[1].max(0) as u64;
         let mut tally = Tally::new(now);
         for (i, spec) in windows.iter().enumerate() {
@@ -567,7 +616,7 @@ const BATCH_KEEP: usize = 1_024;
 async fn release_task(conn: Arc<ArcSwapOption<Conn>>, mut releases: mpsc::UnboundedReceiver<(String, String)>) {
     use futures_util::StreamExt;
     let calls = metrics::counter!(crate::metrics::STORAGE_CALLS, "op" => "release");
-    let mut batch: HashMap<String, Vec<String>> = HashMap::new();
+    let mut batch: Map<String, Vec<String>> = Map::default();
     while let Some((key, member)) = releases.recv().await {
         batch.entry(key).or_default().push(member);
         while let Ok((key, member)) = releases.try_recv() {
