@@ -5,6 +5,8 @@
 # Use it to compare two builds of the hot path: copy the old binary away, rebuild, pass both.
 # Needs: valgrind, nginx (the upstream), curl, a release build.
 # Usage: scripts/request-cost.sh [BINARY...]   (default target/release/tiergate; N=2000 requests)
+#   STORE=redis: the Redis store instead (a private redis-server, quota_batch = 0), so each request
+#   makes its decision's EVALSHA and its lease release's ZREM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${N:-2000}
@@ -13,7 +15,13 @@ work=$(mktemp -d)
 . scripts/bench-common.sh
 [ $# -gt 0 ] || set -- target/release/tiergate
 start_cost_run
-write_bench_config 100000 -e 's#^access = .*#access = "none"#'
+if [ "${STORE:-memory}" = redis ]; then
+  command -v redis-server >/dev/null || { echo "missing redis-server" >&2; exit 1; }
+  start_redis "$redis_port"
+  write_bench_config 100000 -e 's#^access = .*#access = "none"#' -e "$(redis_storage "$redis_port" 0)"
+else
+  write_bench_config 100000 -e 's#^access = .*#access = "none"#'
+fi
 printf '%-40s %16s\n' "build" "instr/request"
 for bin in "$@"; do
   base=$(TIERGATE_BIN=$bin callgrind_run cost 0 /api/items)
