@@ -297,16 +297,41 @@ async fn trusted_proxies_decide_whose_forwarded_for_counts() {
 /// closes the connection 50 ms later without saying so (an upstream dropping an idle connection);
 /// `/big` sends a 1 MiB body slowly; anything else gets `ok`.
 async fn counting_upstream() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let (addr, accepted, _) = counting_upstream_with_open().await;
+    (addr, accepted)
+}
+
+/// As [`counting_upstream`], also counting the connections open right now. `/health/slow?n=N` is
+/// held until N such requests are waiting at once (at most 10 s), then all are answered: N requests
+/// in flight together, however slowly a debug build gets them there.
+async fn counting_upstream_with_open() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = std::sync::Arc::new(AtomicUsize::new(0));
-    let count = std::sync::Arc::clone(&accepted);
+    let open = std::sync::Arc::new(AtomicUsize::new(0));
+    let (count, live) = (std::sync::Arc::clone(&accepted), std::sync::Arc::clone(&open));
+    let waiting = std::sync::Arc::new(AtomicUsize::new(0));
+    let go = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     tokio::spawn(async move {
         loop {
             let Ok((mut s, _)) = listener.accept().await else { return };
             count.fetch_add(1, Ordering::SeqCst);
+            live.fetch_add(1, Ordering::SeqCst);
+            let (live, waiting, go) =
+                (std::sync::Arc::clone(&live), std::sync::Arc::clone(&waiting), std::sync::Arc::clone(&go));
             tokio::spawn(async move {
+                struct Closed(std::sync::Arc<AtomicUsize>);
+                impl Drop for Closed {
+                    fn drop(&mut self) {
+                        self.0.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+                let _closed = Closed(live);
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
                 loop {
@@ -330,6 +355,20 @@ async fn counting_upstream() -> (std::net::SocketAddr, std::sync::Arc<std::sync:
                         }
                         continue;
                     }
+                    if let Some(n) = path.strip_prefix("/health/slow?n=").and_then(|n| n.parse::<usize>().ok()) {
+                        // A barrier: the N-th waiting request releases them all; the last one to
+                        // leave (before answering, so the next round starts closed) closes it again.
+                        if waiting.fetch_add(1, Ordering::SeqCst) + 1 >= n {
+                            go.store(true, Ordering::SeqCst);
+                        }
+                        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                        while !go.load(Ordering::SeqCst) && tokio::time::Instant::now() < deadline {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        if waiting.fetch_sub(1, Ordering::SeqCst) == 1 {
+                            go.store(false, Ordering::SeqCst);
+                        }
+                    }
                     if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.is_err() {
                         return;
                     }
@@ -341,7 +380,7 @@ async fn counting_upstream() -> (std::net::SocketAddr, std::sync::Arc<std::sync:
             });
         }
     });
-    (addr, accepted)
+    (addr, accepted, open)
 }
 
 #[tokio::test]
@@ -376,6 +415,40 @@ async fn upstream_connections_are_reused_and_a_closed_or_unfinished_one_never_is
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(get(&gate.url("/x"), &[]).await.status, 200);
     assert_eq!(accepted.load(Ordering::SeqCst), 3, "the abandoned connection was not reused");
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_are_capped_and_the_kept_ones_serve_the_next_burst() {
+    use std::sync::atomic::Ordering;
+    use tiergate::upstream::MAX_IDLE_PER_SHARD;
+    let (upstream, accepted, open) = counting_upstream_with_open().await;
+    let config = format!("{SERVER}{IDENTITY}{TIERS}");
+    // One thread (this test's runtime): one shard of the pool, so at most MAX_IDLE_PER_SHARD idle.
+    let gate = Gate::start_with_upstream(&config, &format!("http://{upstream}"), upstream).await;
+    let burst = |n: usize| {
+        let url = gate.url(&format!("/health/slow?n={n}"));
+        async move {
+            let replies = futures_util::future::join_all((0..n).map(|_| get(&url, &[]))).await;
+            assert!(replies.iter().all(|r| r.status == 200), "every request of the burst is answered");
+        }
+    };
+
+    // More requests at once than the pool keeps: each needs a connection of its own.
+    let over = MAX_IDLE_PER_SHARD + 44;
+    burst(over).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), over, "one upstream connection per concurrent request");
+    // Given back as they finish: past the cap the oldest idle one is closed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while open.load(Ordering::SeqCst) > MAX_IDLE_PER_SHARD {
+        assert!(std::time::Instant::now() < deadline, "open: {} > {MAX_IDLE_PER_SHARD}", open.load(Ordering::SeqCst));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let kept = open.load(Ordering::SeqCst);
+    assert!(kept > MAX_IDLE_PER_SHARD * 9 / 10, "the cap's worth is kept alive, not dropped: {kept}");
+
+    // The next burst of that size rides on the kept connections: none is opened.
+    burst(kept).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), over, "the kept connections served the next burst");
 }
 
 #[tokio::test]
