@@ -150,8 +150,12 @@ mod tests {
         assert!(held * 300 > budget.bytes * 3 / 4 && held * 300 <= budget.bytes, "holds what fits: {held}");
         // Those admitted while there was room stay (S3-FIFO's main queue); newcomers since then
         // pass through the probation queue oldest first: the newest are there, the older are gone.
+        // The queue is per shard and keys hash at random per process, so one of the last few can
+        // land in a shard whose queue is full (1 run in 20 lost one or two of the last ten).
         assert!((0..100).all(|i| cache.peek(&i).is_some()), "the entries admitted first are kept");
-        assert!((19_990..20_000).all(|i| cache.peek(&i).is_some()), "the newest are kept");
+        assert!(cache.peek(&19_999).is_some(), "the newest is kept");
+        let newest = (19_990..20_000).filter(|i| cache.peek(i).is_some()).count();
+        assert!(newest >= 7, "the newest are kept: {newest} of the last 10");
         assert!((2_000..19_000).all(|i| cache.peek(&i).is_none()), "older newcomers went first");
     }
 
