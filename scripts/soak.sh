@@ -4,7 +4,10 @@
 # free port. Every SAMPLE_EVERY seconds it records tiergate's RSS, its open file descriptors and the
 # Redis key count. It fails if, after the warm-up (the first fifth of the run, at least 10 s):
 #   - RSS grows by more than 5 %;
-#   - the descriptor count grows (the busiest sample of the last third above that of the first third);
+#   - the descriptor count grows (the busiest sample of the last third more than FD_SLACK, 4, above
+#     that of the first third: k6's client connections come and go with its arrival rate, and the
+#     upstream pool keeps as many idle connections as the highest concurrency so far, so a few
+#     descriptors move between samples; a leak grows with the requests, by hundreds in a minute);
 #   - any Redis key has no TTL;
 # or if k6's own thresholds fail (errors, p99, leaked concurrency slots).
 #
@@ -12,7 +15,8 @@
 #   DURATION=60 scripts/soak.sh     # what the test script runs
 #
 # Environment: DURATION (seconds, 600), RATE (requests/s, 40), SAMPLE_EVERY (seconds, 5), TIERGATE_BIN
-# (default target/debug/tiergate), K6 (a k6 binary; else the one scripts/k6-smoke.sh installed).
+# (default target/debug/tiergate), K6 (a k6 binary; else the one scripts/k6-smoke.sh installed),
+# FD_SLACK (descriptors the busiest late sample may be above the busiest early one, 4).
 # The last line is "soak: 1 passed, 0 failed" or "soak: 0 passed, 1 failed"; samples go to
 # $SOAK_OUT (default target/soak-samples.csv).
 set -euo pipefail
@@ -112,9 +116,9 @@ while read -r key; do
     [[ "$(redis-cli -p "$REDIS_PORT" PTTL "$key")" == "-1" ]] && { echo "soak: key without TTL: $key" >&2; NO_TTL=$((NO_TTL + 1)); }
 done < <(redis-cli -p "$REDIS_PORT" --scan)
 
-if python3 - "$OUT" "$DURATION" "$NO_TTL" "$K6_STATUS" <<'EOF'
+if python3 - "$OUT" "$DURATION" "$NO_TTL" "$K6_STATUS" "${FD_SLACK:-4}" <<'EOF'
 import csv, sys
-path, duration, no_ttl, k6 = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+path, duration, no_ttl, k6, fd_slack = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 rows = [r for r in csv.DictReader(open(path)) if int(r["rss_kib"]) > 0 and int(r["time_s"]) <= duration]
 warm = max(10, duration // 5)
 steady = [r for r in rows if int(r["time_s"]) >= warm]
@@ -130,7 +134,7 @@ else:
     print(f"soak: RSS {rss0} KiB after warm-up, at most {rss1} KiB later ({growth:+.1f} %); "
           f"fds {fd_first} -> {fd_last}; Redis keys at most {keys}; keys without TTL {no_ttl}; k6 exit {k6}")
     if growth > 5.0: problems.append(f"RSS grew {growth:.1f} % after the warm-up")
-    if fd_last > fd_first: problems.append(f"descriptors grew from {fd_first} to {fd_last}")
+    if fd_last > fd_first + fd_slack: problems.append(f"descriptors grew from {fd_first} to {fd_last} (more than {fd_slack})")
 if no_ttl: problems.append(f"{no_ttl} Redis keys have no TTL")
 if k6 != 0: problems.append(f"k6 exited {k6} (99: a threshold failed)")
 for p in problems: print("soak: FAIL:", p)
