@@ -11,7 +11,12 @@
 //! numbers requests the same way and refuses the request whose head had both. Heads are also what
 //! the header-read timeout watches. An h2 connection, an upgraded one, or framing the sniffer cannot
 //! follow (hyper then refuses the request itself) switches it off.
+//!
+//! The stream also owns tiergate's answers to the heads hyper refuses itself ([`CodecAnswers`]):
+//! hyper writes a bare 400, 414 or 431 with no hook to decorate it, so the stream recognises those
+//! exact bytes as hyper writes them and sends tiergate's decorated answer in their place.
 
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -58,6 +63,8 @@ pub struct ConnActivity {
     requests: AtomicU64,
     /// The connection was upgraded (a tunnel now): nothing more to sniff.
     upgraded: AtomicBool,
+    /// 1 + the body length of the answer written in place of hyper's own; 0: none.
+    codec_answer: AtomicU64,
 }
 
 impl Default for ConnActivity {
@@ -77,7 +84,13 @@ impl ConnActivity {
             smuggling_head: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             upgraded: AtomicBool::new(false),
+            codec_answer: AtomicU64::new(0),
         }
+    }
+
+    /// The body bytes of tiergate's answer to a head hyper refused, when the stream wrote one.
+    pub fn codec_answer_bytes(&self) -> Option<u64> {
+        self.codec_answer.load(Ordering::Acquire).checked_sub(1)
     }
 
     pub fn begin(&self) {
@@ -139,16 +152,132 @@ impl ConnActivity {
     }
 }
 
+/// tiergate's answers to the request heads hyper refuses before any request reaches tiergate (400
+/// for a malformed head, 414, 431), rendered once per snapshot: status line and header lines (the
+/// security headers among them), then the body. Only hyper's `date` line is taken from what it wrote.
+pub struct CodecAnswers {
+    answers: Vec<CodecAnswer>,
+}
+
+struct CodecAnswer {
+    status: u16,
+    /// The status line and every header line, up to the `date` line.
+    head: Vec<u8>,
+    body: Vec<u8>,
+}
+
+/// The longest automatic answer hyper writes (431's status line, three short header lines).
+const HYPER_ANSWER_MAX: usize = 160;
+
+impl CodecAnswers {
+    /// Renders each `(status, headers, body)`; `Content-Length` is added here.
+    pub fn new(answers: impl IntoIterator<Item = (http::StatusCode, http::HeaderMap, String)>) -> CodecAnswers {
+        let answers = answers
+            .into_iter()
+            .map(|(status, headers, body)| {
+                let mut head = Vec::with_capacity(1024);
+                head.extend_from_slice(b"HTTP/1.1 ");
+                head.extend_from_slice(status.as_str().as_bytes());
+                head.push(b' ');
+                head.extend_from_slice(status.canonical_reason().unwrap_or("Error").as_bytes());
+                head.extend_from_slice(b"\r\n");
+                for (name, value) in &headers {
+                    head.extend_from_slice(name.as_str().as_bytes());
+                    head.extend_from_slice(b": ");
+                    head.extend_from_slice(value.as_bytes());
+                    head.extend_from_slice(b"\r\n");
+                }
+                head.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+                CodecAnswer { status: status.as_u16(), head, body: body.into_bytes() }
+            })
+            .collect();
+        CodecAnswers { answers }
+    }
+
+    /// tiergate's answer in place of `written`, when `written` is exactly an automatic answer of
+    /// hyper's: `HTTP/1.1 <status> <reason>`, then only `connection: close`, `content-length: 0`
+    /// and `date` lines, and the empty line. Anything else is `None` and goes out as it is.
+    fn replace(&self, written: &[u8]) -> Option<(Vec<u8>, u64)> {
+        if written.len() > HYPER_ANSWER_MAX || !written.starts_with(b"HTTP/1.1 ") || !written.ends_with(b"\r\n\r\n") {
+            return None;
+        }
+        let text = std::str::from_utf8(&written[..written.len() - 4]).ok()?;
+        let mut lines = text.split("\r\n");
+        let status_line = lines.next()?;
+        let answer = self.answers.iter().find(|a| {
+            let reason = http::StatusCode::from_u16(a.status).ok().and_then(|s| s.canonical_reason());
+            status_line.get(9..12) == Some(a.status.to_string().as_str())
+                && reason.is_some_and(|r| status_line.get(12..) == Some(&*format!(" {r}")))
+        })?;
+        let mut date = None;
+        for line in lines {
+            match line {
+                "connection: close" | "content-length: 0" => {}
+                _ => date = Some(line.strip_prefix("date: ")?),
+            }
+        }
+        let mut out = Vec::with_capacity(answer.head.len() + answer.body.len() + 48);
+        out.extend_from_slice(&answer.head);
+        if let Some(date) = date {
+            out.extend_from_slice(b"date: ");
+            out.extend_from_slice(date.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&answer.body);
+        Some((out, answer.body.len() as u64))
+    }
+}
+
 /// The client's stream, with the framing sniffer looking at every byte hyper reads.
 pub struct SniffedStream<S> {
     inner: S,
     sniffer: FramingSniffer,
     activity: Arc<ConnActivity>,
+    answers: Arc<CodecAnswers>,
+    /// tiergate's answer going out in place of hyper's: the bytes, how many are written, and the
+    /// length of hyper's buffer, reported as written once all of them are.
+    replacing: Option<(Vec<u8>, usize, usize)>,
 }
 
 impl<S> SniffedStream<S> {
-    pub fn new(inner: S, activity: Arc<ConnActivity>) -> SniffedStream<S> {
-        SniffedStream { inner, sniffer: FramingSniffer::default(), activity }
+    pub fn new(inner: S, activity: Arc<ConnActivity>, answers: Arc<CodecAnswers>) -> SniffedStream<S> {
+        SniffedStream { inner, sniffer: FramingSniffer::default(), activity, answers, replacing: None }
+    }
+
+    /// Whether `buf` is hyper's automatic answer to a refused head, to be replaced. It can only be
+    /// while no request is in flight and the connection is still HTTP/1.1 (not a tunnel); the
+    /// cheap checks come first, as every write passes here.
+    fn start_replacing(&mut self, buf: &[u8]) -> bool {
+        if buf.len() > HYPER_ANSWER_MAX
+            || !buf.starts_with(b"HTTP/1.1 4")
+            || self.activity.active.load(Ordering::Acquire) != 0
+            || self.activity.upgraded.load(Ordering::Acquire)
+        {
+            return false;
+        }
+        let Some((bytes, body)) = self.answers.replace(buf) else { return false };
+        self.activity.codec_answer.store(body + 1, Ordering::Release);
+        self.replacing = Some((bytes, 0, buf.len()));
+        true
+    }
+}
+
+impl<S: AsyncWrite + Unpin> SniffedStream<S> {
+    /// Writes the replacement out; hyper hears its own buffer was written once all of it is.
+    fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let SniffedStream { inner, replacing, .. } = self;
+        let Some((bytes, at, reported)) = replacing else { return Poll::Ready(Ok(0)) };
+        while *at < bytes.len() {
+            match Pin::new(&mut *inner).poll_write(cx, &bytes[*at..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => *at += n,
+                other => return other,
+            }
+        }
+        let reported = *reported;
+        *replacing = None;
+        Poll::Ready(Ok(reported))
     }
 }
 
@@ -176,15 +305,29 @@ impl<S: AsyncRead + Unpin> AsyncRead for SniffedStream<S> {
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for SniffedStream<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        if this.replacing.is_some() || this.start_replacing(buf) {
+            return this.poll_replacement(cx);
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
+        bufs: &[IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        // hyper's automatic answer is a head alone: one buffer.
+        let mut written = bufs.iter().filter(|b| !b.is_empty());
+        let single = match (written.next(), written.next()) {
+            (Some(one), None) => Some(&**one),
+            _ => None,
+        };
+        if this.replacing.is_some() || single.is_some_and(|buf| this.start_replacing(buf)) {
+            return this.poll_replacement(cx);
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -466,7 +609,51 @@ fn parse_content_length(value: &[u8]) -> Result<u64, ()> {
 
 #[cfg(test)]
 mod tests {
-    use super::FramingSniffer;
+    use super::{CodecAnswers, FramingSniffer};
+
+    fn answers() -> CodecAnswers {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-frame-options", http::HeaderValue::from_static("DENY"));
+        CodecAnswers::new([
+            (http::StatusCode::BAD_REQUEST, headers.clone(), "{\"status\":400}".to_string()),
+            (http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, headers, "{\"status\":431}".to_string()),
+        ])
+    }
+
+    /// hyper's automatic answers, as it writes them, are replaced; anything else goes out untouched.
+    #[test]
+    fn only_hyper_s_exact_automatic_answers_are_replaced() {
+        let date = "Wed, 02 Dec 2026 12:30:41 GMT";
+        let hyper = format!(
+            "HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: {date}\r\n\r\n"
+        );
+        let (out, body) = answers().replace(hyper.as_bytes()).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(
+            out,
+            format!(
+                "HTTP/1.1 431 Request Header Fields Too Large\r\nx-frame-options: DENY\r\ncontent-length: 14\r\ndate: {date}\r\n\r\n{{\"status\":431}}"
+            )
+        );
+        assert_eq!(body, 14);
+        let bare = "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+        assert!(answers().replace(bare.as_bytes()).unwrap().0.ends_with(b"content-length: 14\r\n\r\n{\"status\":400}"));
+        for other in [
+            // a status with no answer compiled, a wrong reason, another header, a body, not a head
+            format!("HTTP/1.1 414 URI Too Long\r\ncontent-length: 0\r\ndate: {date}\r\n\r\n"),
+            format!("HTTP/1.1 400 Bad Thing\r\ncontent-length: 0\r\ndate: {date}\r\n\r\n"),
+            format!("HTTP/1.1 400 Bad Request\r\nx-upstream: 1\r\ncontent-length: 0\r\ndate: {date}\r\n\r\n"),
+            format!("HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\ndate: {date}\r\n\r\n"),
+            format!("HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\ndate: {date}\r\n\r\nhi"),
+            format!(
+                "HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n{}\r\n\r\n",
+                "x".repeat(200)
+            ),
+            "HTTP/1.0 400 Bad Request\r\ncontent-length: 0\r\n\r\n".to_string(),
+        ] {
+            assert!(answers().replace(other.as_bytes()).is_none(), "{other}");
+        }
+    }
 
     fn feed_split(stream: &[u8], split: usize) -> (Option<u64>, FramingSniffer) {
         let mut s = FramingSniffer::default();

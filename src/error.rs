@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use serde_json::json;
 
 use crate::body::ProxyBody;
@@ -35,6 +35,10 @@ pub enum ProxyError {
     MalformedBody,
     #[error("rate-limit storage unavailable")]
     StorageUnavailable,
+    /// A head hyper refused before tiergate saw a request (400 malformed, 414, 431): answered with
+    /// these bytes in place of hyper's own (`conn::CodecAnswers`).
+    #[error("request head refused: {0}")]
+    HeadRefused(StatusCode),
 }
 
 impl ProxyError {
@@ -47,6 +51,7 @@ impl ProxyError {
             ProxyError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) | ProxyError::MalformedBody => StatusCode::BAD_REQUEST,
             ProxyError::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::HeadRefused(status) => *status,
         }
     }
 
@@ -57,7 +62,7 @@ impl ProxyError {
             ProxyError::Limited { .. } => Some(Outcome::Limited),
             ProxyError::TooLarge { .. } => Some(Outcome::TooLarge),
             ProxyError::StorageUnavailable => Some(Outcome::StorageUnavailable),
-            ProxyError::BadRequest(_) => Some(Outcome::BadRequest),
+            ProxyError::BadRequest(_) | ProxyError::HeadRefused(_) => Some(Outcome::BadRequest),
             // After admission: the limiter's verdict stands.
             ProxyError::BadGateway | ProxyError::GatewayTimeout | ProxyError::MalformedBody => None,
         }
@@ -65,6 +70,15 @@ impl ProxyError {
 
     /// The error → response table.
     pub fn response(&self) -> Response<ProxyBody> {
+        let (status, headers, body) = self.parts();
+        let mut resp = Response::new(ProxyBody::bytes(body));
+        *resp.status_mut() = status;
+        *resp.headers_mut() = headers;
+        resp
+    }
+
+    /// The response's status, headers (before decoration) and body.
+    pub fn parts(&self) -> (StatusCode, HeaderMap, String) {
         let status = self.status();
         let title = status.canonical_reason().unwrap_or("Error");
         let mut retry_after = None;
@@ -105,10 +119,18 @@ impl ProxyError {
                 close = true;
                 problem(status, "The request body is malformed.").to_string()
             }
+            ProxyError::HeadRefused(status) => {
+                close = true;
+                let detail = match status.as_u16() {
+                    414 => "The request target is longer than allowed.",
+                    431 => "The request head is larger than allowed.",
+                    _ => "The request head is malformed.",
+                };
+                problem(*status, detail).to_string()
+            }
         };
-        let mut resp = Response::new(ProxyBody::bytes(body));
-        *resp.status_mut() = status;
-        let h = resp.headers_mut();
+        let mut headers = HeaderMap::new();
+        let h = &mut headers;
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Some(secs) = retry_after {
@@ -121,7 +143,7 @@ impl ProxyError {
             // The rest of the request (an unread body, or ambiguous framing) cannot be trusted.
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        resp
+        (status, headers, body)
     }
 }
 

@@ -345,7 +345,7 @@ impl Proxy {
             window: None,
             duration_ms: crate::access::millis(took),
             upstream_ms: None,
-            bytes_sent: 0,
+            bytes_sent: conn.activity.codec_answer_bytes().unwrap_or(0),
         });
     }
 

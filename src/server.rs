@@ -1,7 +1,7 @@
 //! Listeners' accept loop and each connection's life: serve it with hyper-util's auto builder
 //! (HTTP/1.1 and h2c on one port, h2/HTTP/1.1 by ALPN over TLS), hand every request to the proxy,
 //! enforce the header-read and idle timeouts, report the heads hyper refuses itself (to the proxy,
-//! which counts and logs them), and close gracefully on shutdown. Building the parts and draining
+//! which counts and logs them; the stream answers them, `conn.rs`), and close gracefully on shutdown. Building the parts and draining
 //! them is the composition root's (`app.rs`).
 //!
 //! Timeouts are enforced by one watchdog timer per connection, from what the connection's framing
@@ -73,9 +73,10 @@ async fn serve_connection<S>(stream: S, tls: bool, peer: SocketAddr, proxy: Arc<
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (header_read_timeout, idle_timeout, max_header_bytes) = {
+    let (header_read_timeout, idle_timeout, max_header_bytes, answers) = {
         let snap = proxy.snapshot.load();
-        (snap.conn.header_read_timeout, snap.conn.idle_timeout, snap.conn.max_header_bytes)
+        let c = &snap.conn;
+        (c.header_read_timeout, c.idle_timeout, c.max_header_bytes, Arc::clone(&snap.codec_answers))
     };
     let activity = Arc::new(ConnActivity::new());
     let info = Arc::new(ConnInfo::new(peer, tls, Arc::clone(&activity)));
@@ -94,7 +95,7 @@ where
         .max_header_list_size(max_header_bytes as u32)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
-    let io = SniffedStream::new(stream, Arc::clone(&activity));
+    let io = SniffedStream::new(stream, Arc::clone(&activity), answers);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
 

@@ -19,6 +19,8 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 
 use crate::access::AccessMode;
 use crate::config::{Backend, Config, ConfigErrors, HeadersConfig, TierConfig, format_duration};
+use crate::conn::CodecAnswers;
+use crate::error::ProxyError;
 use crate::headers::{Decorator, Environment, PERMISSIONS_POLICY, PlanHeaders, X_XSS_PROTECTION};
 use crate::identity::TierSource;
 use crate::identity::{IdentityRules, KeyRules, RemoteKeys, Verifier, VerifyKey, keys_from_jwks};
@@ -160,6 +162,8 @@ pub struct Snapshot {
     pub identity: Verifier,
     pub tiers: Vec<Tier>,
     pub decorator: Decorator,
+    /// tiergate's decorated answers to the heads hyper refuses itself (400, 414, 431).
+    pub codec_answers: Arc<CodecAnswers>,
     pub metrics: Handles,
     pub user_id_header: HeaderName,
     pub tier_header: HeaderName,
@@ -243,12 +247,14 @@ impl Snapshot {
         }
         let tier_names: Vec<&str> = tiers.iter().map(|t| &*t.name).collect();
         let metrics = Handles::new(&tier_names);
+        let decorator = compile_decorator(&config.headers, config.server.environment);
         Ok(Snapshot {
             upstream_scheme,
             upstream_authority,
             routes,
             identity,
-            decorator: compile_decorator(&config.headers, config.server.environment),
+            codec_answers: compile_codec_answers(&decorator),
+            decorator,
             metrics,
             user_id_header: config.identity.user_id_header.clone(),
             tier_header: config.identity.tier_header.clone(),
@@ -415,6 +421,21 @@ fn compile_decorator(cfg: &HeadersConfig, environment: Environment) -> Decorator
         }
     }
     Decorator::new(security, cfg.remove.clone(), cfg.rate_limit)
+}
+
+/// The answers to heads hyper refuses: the error table's responses, with the security headers.
+fn compile_codec_answers(decorator: &Decorator) -> Arc<CodecAnswers> {
+    let answers = [
+        http::StatusCode::BAD_REQUEST,
+        http::StatusCode::URI_TOO_LONG,
+        http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+    ]
+    .map(|status| {
+        let (status, mut headers, body) = ProxyError::HeadRefused(status).parts();
+        decorator.security(&mut headers);
+        (status, headers, body)
+    });
+    Arc::new(CodecAnswers::new(answers))
 }
 
 fn compile_tier(t: &TierConfig, algorithm: LimitAlgorithm, divisor: u64) -> Tier {

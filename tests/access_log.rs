@@ -175,7 +175,7 @@ async fn each_mode_logs_what_it_says_with_the_contract_fields() {
             (Some("general"), Some("ip:127.0.0.1")),
             "{codec}"
         );
-        assert_eq!(codec["bytes_sent"], 0, "{codec}");
+        assert!(codec["bytes_sent"].as_u64().unwrap() > 50, "tiergate's problem+json answer: {codec}");
     }
     let exempt = &all[6];
     assert_eq!(exempt["decision"], "exempt");

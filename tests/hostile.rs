@@ -1180,6 +1180,83 @@ async fn oversized_request_lines_and_heads_are_431() {
     assert_healthy(&gate).await;
 }
 
+/// The heads hyper refuses itself, before tiergate sees a request (a malformed line, conflicting
+/// lengths, a head over `max_header_bytes`, a target over 65,534 bytes), get tiergate's answer:
+/// decorated like every response (CONTRACT.md "Decorate every response, errors included") with an
+/// RFC 9457 body, never hyper's bare one. Also when the bad head follows a good one on the connection.
+#[tokio::test]
+async fn heads_hyper_refuses_are_answered_decorated() {
+    let _counters = shared().await;
+    // Room for a 70 KB target (hyper's own cap is 65,534 bytes) under a larger head limit.
+    let server =
+        SERVER.replace("environment = \"production\"", "environment = \"production\"\nmax_header_bytes = 131072");
+    let gate = Gate::start(&format!("{server}{IDENTITY}{TIERS}")).await;
+    let long_target = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
+    let big = format!("GET /f HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "v".repeat(140_000));
+    let bad_line = "GET /f HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n";
+    let pipelined = format!("GET /f HTTP/1.1\r\nHost: x\r\n\r\n{bad_line}");
+    for (name, bytes, status, detail) in [
+        ("a malformed header line", bad_line.to_string(), 400, "The request head is malformed."),
+        (
+            "a malformed request line",
+            "GET /f HTTP/9.9 x\r\nHost: x\r\n\r\n".into(),
+            400,
+            "The request head is malformed.",
+        ),
+        (
+            "two different Content-Lengths",
+            "POST /f HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab".into(),
+            400,
+            "The request head is malformed.",
+        ),
+        ("a 140 KB head", big, 431, "The request head is larger than allowed."),
+        ("a 70 KB request target", long_target, 414, "The request target is longer than allowed."),
+        ("a bad head after a good one", pipelined.clone(), 400, "The request head is malformed."),
+    ] {
+        let (resp, closed) = exchange(gate.server.addr, bytes.into_bytes(), Duration::from_secs(5)).await;
+        assert!(closed, "{name}: closed");
+        // The pipelined case: the good request's answer first, then the refusal.
+        let refusal = match name {
+            "a bad head after a good one" => {
+                assert_eq!(status_of(&resp), 200, "{name}: {resp}");
+                let at = resp.find("HTTP/1.1 400").unwrap_or_else(|| panic!("{name}: no 400 after the 200: {resp}"));
+                &resp[at..]
+            }
+            _ => &resp[..],
+        };
+        assert_eq!(status_of(refusal), status, "{name}: {}", &refusal[..refusal.len().min(300)]);
+        let (head, body) = refusal.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{name}: no head end: {refusal}"));
+        let head = head.to_ascii_lowercase();
+        for line in [
+            "content-type: application/problem+json",
+            "strict-transport-security: max-age=",
+            "x-content-type-options: nosniff",
+            "x-frame-options: deny",
+            "referrer-policy: ",
+            "content-security-policy: ",
+            "permissions-policy: ",
+            "connection: close",
+            "date: ",
+        ] {
+            assert!(head.contains(&format!("\r\n{line}")), "{name}: no `{line}` in\n{head}");
+        }
+        let length: usize =
+            head.split("\r\ncontent-length: ").nth(1).and_then(|v| v.split("\r\n").next()?.parse().ok()).unwrap();
+        assert_eq!(body.len(), length, "{name}: the body is Content-Length long and nothing follows");
+        let doc: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{name}: body not JSON ({e}): {body}"));
+        assert_eq!(
+            doc,
+            json!({"type": "about:blank", "title": doc["title"], "status": status, "detail": detail}),
+            "{name}"
+        );
+        assert!(
+            !resp.contains("\"path\":\"/f\"") || name == "a bad head after a good one",
+            "{name}: nothing forwarded"
+        );
+    }
+    assert_healthy(&gate).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Slow, idle and vanishing clients.
 
