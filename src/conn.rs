@@ -248,12 +248,14 @@ impl<S> SniffedStream<S> {
     /// Whether `buf` is hyper's automatic answer to a refused head, to be replaced. It can only be
     /// while no request is in flight and the connection is still HTTP/1.1 (not a tunnel); the
     /// cheap checks come first, as every write passes here.
+    #[inline]
     fn start_replacing(&mut self, buf: &[u8]) -> bool {
-        if buf.len() > HYPER_ANSWER_MAX
-            || !buf.starts_with(b"HTTP/1.1 4")
-            || self.activity.active.load(Ordering::Acquire) != 0
-            || self.activity.upgraded.load(Ordering::Acquire)
-        {
+        buf.len() <= HYPER_ANSWER_MAX && buf.starts_with(b"HTTP/1.1 4") && self.start_replacing_slow(buf)
+    }
+
+    #[cold]
+    fn start_replacing_slow(&mut self, buf: &[u8]) -> bool {
+        if self.activity.active.load(Ordering::Acquire) != 0 || self.activity.upgraded.load(Ordering::Acquire) {
             return false;
         }
         let Some((bytes, body)) = self.answers.replace(buf) else { return false };
@@ -318,10 +320,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SniffedStream<S> {
         bufs: &[IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        // hyper's automatic answer is a head alone: one buffer.
-        let mut written = bufs.iter().filter(|b| !b.is_empty());
-        let single = match (written.next(), written.next()) {
-            (Some(one), None) => Some(&**one),
+        // hyper's automatic answer is a head alone: one buffer (hyper passes no empty ones).
+        let single = match bufs {
+            [one] => Some(&**one),
             _ => None,
         };
         if this.replacing.is_some() || single.is_some_and(|buf| this.start_replacing(buf)) {
