@@ -180,3 +180,42 @@ async fn https_upstreams_are_verified_against_the_configured_roots() {
     let gate = Gate::start_with_upstream(&untrusted, &upstream, addr).await;
     assert_eq!(get(&gate.url("/over-tls"), &[]).await.status, 502);
 }
+
+/// A head hyper refuses itself, over TLS: tiergate's decorated answer goes out inside the TLS stream
+/// (the stream that replaces hyper's bare one sits above TLS), with HSTS as every HTTPS answer has.
+#[tokio::test]
+async fn a_head_hyper_refuses_over_tls_gets_the_decorated_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = scratch("tls-refused");
+    install(&dir, 1);
+    let (gate, _) = Gate::watching(&dir, &tls_config(&dir)).await;
+    tiergate::app::install_process_globals();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(fixture("tls_ca.pem")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    for (head, status) in [
+        (b"GET /x HTTP/1.1\r\nHost: localhost\r\nBad Header: 1\r\n\r\n".to_vec(), "400"),
+        (format!("GET /x HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n", "a".repeat(70_000)).into_bytes(), "431"),
+    ] {
+        let tcp = tokio::net::TcpStream::connect(gate.server.addr).await.unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config.clone()))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        tls.write_all(&head).await.unwrap();
+        let mut resp = Vec::new();
+        // Read until tiergate closes (a TLS close or a reset once the answer is out, either ends it).
+        let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut resp)).await.unwrap();
+        let resp = String::from_utf8_lossy(&resp).to_ascii_lowercase();
+        assert!(resp.starts_with(&format!("http/1.1 {status}")), "{status}: {resp}");
+        for line in
+            ["content-type: application/problem+json", "strict-transport-security: ", "x-content-type-options: nosniff"]
+        {
+            assert!(resp.contains(&format!("\r\n{line}")), "{status}: no `{line}` in {resp}");
+        }
+        assert!(resp.contains(&format!("\"status\":{status}")), "{status}: {resp}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
