@@ -35,8 +35,9 @@ pub enum ProxyError {
     MalformedBody,
     #[error("rate-limit storage unavailable")]
     StorageUnavailable,
-    /// A head hyper refused before tiergate saw a request (400 malformed, 414, 431): answered with
-    /// these bytes in place of hyper's own (`conn::CodecAnswers`).
+    /// A head hyper refused before tiergate saw a request (400 malformed, 414, 431). Its response is
+    /// rendered once per snapshot and sent by the connection's stream in place of hyper's bare
+    /// answer (`conn::CodecAnswers`).
     #[error("request head refused: {0}")]
     HeadRefused(StatusCode),
 }

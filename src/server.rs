@@ -1,8 +1,8 @@
 //! Listeners' accept loop and each connection's life: serve it with hyper-util's auto builder
 //! (HTTP/1.1 and h2c on one port, h2/HTTP/1.1 by ALPN over TLS), hand every request to the proxy,
 //! enforce the header-read and idle timeouts, report the heads hyper refuses itself (to the proxy,
-//! which counts and logs them; the stream answers them, `conn.rs`), and close gracefully on shutdown. Building the parts and draining
-//! them is the composition root's (`app.rs`).
+//! which counts and logs them; the connection's stream answers them, `conn.rs`), and close
+//! gracefully on shutdown. Building the parts and draining them is the composition root's (`app.rs`).
 //!
 //! Timeouts are enforced by one watchdog timer per connection, from what the connection's framing
 //! sniffer sees (`conn.rs`): `header_read_timeout` runs from the accept (first request) or from the first
@@ -146,8 +146,9 @@ where
 }
 
 /// The status hyper answered a request it could not parse with, when it answered one: it writes
-/// 400, 414 or 431 itself (`hyper::proto::h1::role::Server::on_error`) and then ends the connection
-/// with the parse error. Other parse errors end it without an answer.
+/// 400, 414 or 431 itself (`hyper::proto::h1::role::Server::on_error`; the connection's stream sends
+/// tiergate's decorated answer in its place) and then ends the connection with the parse error.
+/// Other parse errors end it without an answer.
 fn codec_refusal(e: &hyper::Error) -> Option<u16> {
     if !e.is_parse() || e.is_parse_status() || e.is_parse_version_h2() {
         return None;
