@@ -451,6 +451,36 @@ async fn idle_upstream_connections_are_capped_and_the_kept_ones_serve_the_next_b
     assert_eq!(accepted.load(Ordering::SeqCst), over, "the kept connections served the next burst");
 }
 
+/// An idle upstream connection is kept for reuse up to `IDLE_TIMEOUT` (90 s) and closed after it. The
+/// sweep is run as of a moved clock rather than after 90 real seconds.
+#[tokio::test]
+async fn idle_upstream_connections_close_after_the_idle_timeout() {
+    use std::sync::atomic::Ordering;
+    use tiergate::upstream::IDLE_TIMEOUT;
+    let (upstream, accepted, open) = counting_upstream_with_open().await;
+    let gate =
+        Gate::start_with_upstream(&format!("{SERVER}{IDENTITY}{TIERS}"), &format!("http://{upstream}"), upstream).await;
+    let pool = &gate.server.proxy.client;
+    for _ in 0..3 {
+        assert_eq!(get(&gate.url("/health"), &[]).await.status, 200);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "sequential requests share one kept-alive connection");
+    let now = std::time::Instant::now();
+    assert_eq!(pool.sweep_at(now + IDLE_TIMEOUT - Duration::from_secs(1)), 0, "not yet idle for long enough");
+    assert_eq!(open.load(Ordering::SeqCst), 1);
+    assert_eq!(get(&gate.url("/health"), &[]).await.status, 200);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "still reused");
+
+    assert_eq!(pool.sweep_at(std::time::Instant::now() + IDLE_TIMEOUT + Duration::from_secs(1)), 1, "past it: closed");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while open.load(Ordering::SeqCst) > 0 {
+        assert!(std::time::Instant::now() < deadline, "the upstream never saw the close");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(get(&gate.url("/health"), &[]).await.status, 200);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "the next request opens a new connection");
+}
+
 #[tokio::test]
 async fn thread_per_core_workers_share_the_limits_and_keep_their_own_upstream_connections() {
     use std::sync::atomic::Ordering;
