@@ -12,9 +12,12 @@
 #   tiergate-redis-batch   tiergate, Redis store with storage.quota_batch = QUOTA_BATCH
 #   tiergate-2w-tpc        tiergate, memory store, --workers 2 --runtime thread-per-core (both cores)
 #   tiergate-2w-ws         tiergate, memory store, --workers 2 --runtime work-stealing (both cores)
+#   floor                  examples/floor_proxy.rs: the floor under any tokio proxy hop (heads passed
+#                          through as bytes, no header map, nothing added or limited; not a proxy)
 #
-# The two --workers 2 rows are not in the default set (run them with --only): on two cores the proxy
-# then shares core 1 with wrk and the upstream, so only their CPU per request compares, with each other.
+# The two --workers 2 rows and floor are not in the default set (run them with --only): on two cores
+# the --workers 2 proxy shares core 1 with wrk and the upstream, so only their CPU per request compares,
+# with each other.
 #
 # The proxy under test is pinned to core 0; wrk, the upstream and redis-server to core 1. One target
 # runs at a time (started, warmed up for 2 s, measured, stopped). HAProxy, Envoy and Traefik send the
@@ -40,7 +43,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 all_targets="direct nginx haproxy envoy traefik tiergate-memory tiergate-redis tiergate-redis-batch"
-extra_targets="tiergate-2w-tpc tiergate-2w-ws"   # --only
+extra_targets="tiergate-2w-tpc tiergate-2w-ws floor"   # --only
 usage() { sed -n '/^# Usage:/,/^# Needs:/p' "$0" | sed 's/^# \{0,1\}//' | sed '$d'; echo "Targets: $all_targets"; }
 
 secs=${SECS:-} conns=${CONNS:-32} batch=${QUOTA_BATCH:-20} only="" quick=0 rate=${RATE:-}
@@ -295,6 +298,7 @@ label_of() {
     tiergate-redis-batch) echo "tiergate Redis batch=$batch" ;;
     tiergate-2w-tpc) echo "tiergate 2 workers, per core" ;;
     tiergate-2w-ws) echo "tiergate 2 workers, stealing" ;;
+    floor) echo "floor: bytes through tokio" ;;
   esac
 }
 
@@ -314,6 +318,10 @@ run_target() {
     haproxy) start_haproxy ;;
     envoy) start_envoy ;;
     traefik) start_traefik ;;
+    floor)
+      [ -x target/release/examples/floor_proxy ] || cargo build --release --example floor_proxy
+      taskset -c 0 target/release/examples/floor_proxy "127.0.0.1:$peer_port" "127.0.0.1:$upstream_port" 2>"$work/proxy.err" &
+      echo $! > "$work/proxy.pid" ;;
     tiergate-memory) start_tiergate_with -e 's#^backend = .*#backend = "memory"#' || true ;;
     tiergate-redis) start_tiergate_with -e "$(redis_storage "$redis_port" 0)" || true ;;
     tiergate-redis-batch) start_tiergate_with -e "$(redis_storage "$redis_port" "$batch")" || true ;;
@@ -325,7 +333,7 @@ run_target() {
   esac
   case $t in
     nginx) pid=$(cat "$work/proxy-worker.pid") ;;
-    haproxy|envoy|traefik) pid=$(cat "$work/proxy.pid") ;;
+    haproxy|envoy|traefik|floor) pid=$(cat "$work/proxy.pid") ;;
     tiergate-*) pid=$tiergate_pid port=$tiergate_port log=tiergate.err ;;
   esac
   case $t in tiergate-redis*) redis=$redis_port ;; esac   # round trips only where Redis is the store
