@@ -160,9 +160,10 @@ pub struct CodecAnswers {
 }
 
 struct CodecAnswer {
-    status: u16,
     /// The status line and every header line, up to the `date` line.
     head: Vec<u8>,
+    /// The length of the status line at the start of `head` (without its CRLF).
+    status_line: usize,
     body: Vec<u8>,
 }
 
@@ -180,6 +181,7 @@ impl CodecAnswers {
                 head.extend_from_slice(status.as_str().as_bytes());
                 head.push(b' ');
                 head.extend_from_slice(status.canonical_reason().unwrap_or("Error").as_bytes());
+                let status_line = head.len();
                 head.extend_from_slice(b"\r\n");
                 for (name, value) in &headers {
                     head.extend_from_slice(name.as_str().as_bytes());
@@ -188,7 +190,7 @@ impl CodecAnswers {
                     head.extend_from_slice(b"\r\n");
                 }
                 head.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
-                CodecAnswer { status: status.as_u16(), head, body: body.into_bytes() }
+                CodecAnswer { head, status_line, body: body.into_bytes() }
             })
             .collect();
         CodecAnswers { answers }
@@ -204,11 +206,7 @@ impl CodecAnswers {
         let text = std::str::from_utf8(&written[..written.len() - 4]).ok()?;
         let mut lines = text.split("\r\n");
         let status_line = lines.next()?;
-        let answer = self.answers.iter().find(|a| {
-            let reason = http::StatusCode::from_u16(a.status).ok().and_then(|s| s.canonical_reason());
-            status_line.get(9..12) == Some(a.status.to_string().as_str())
-                && reason.is_some_and(|r| status_line.get(12..) == Some(&*format!(" {r}")))
-        })?;
+        let answer = self.answers.iter().find(|a| a.head[..a.status_line] == *status_line.as_bytes())?;
         let mut date = None;
         for line in lines {
             match line {

@@ -1211,7 +1211,7 @@ async fn heads_hyper_refuses_are_answered_decorated() {
         ),
         ("a 140 KB head", big, 431, "The request head is larger than allowed."),
         ("a 70 KB request target", long_target, 414, "The request target is longer than allowed."),
-        ("a bad head after a good one", pipelined.clone(), 400, "The request head is malformed."),
+        ("a bad head after a good one", pipelined, 400, "The request head is malformed."),
     ] {
         let (resp, closed) = exchange(gate.server.addr, bytes.into_bytes(), Duration::from_secs(5)).await;
         assert!(closed, "{name}: closed");
@@ -1249,10 +1249,9 @@ async fn heads_hyper_refuses_are_answered_decorated() {
             json!({"type": "about:blank", "title": doc["title"], "status": status, "detail": detail}),
             "{name}"
         );
-        assert!(
-            !resp.contains("\"path\":\"/f\"") || name == "a bad head after a good one",
-            "{name}: nothing forwarded"
-        );
+        // Only the good head of the pipelined case reached the upstream (its echo names the path).
+        let forwarded = usize::from(name == "a bad head after a good one");
+        assert_eq!(resp.matches("\"path\":\"/f\"").count(), forwarded, "{name}: nothing else forwarded");
     }
     assert_healthy(&gate).await;
 }

@@ -44,7 +44,8 @@ struct TlsConn {
     send: SendFn,
 }
 
-async fn connect(addr: std::net::SocketAddr, alpn: &[&[u8]]) -> TlsConn {
+/// A client that trusts the fixtures' CA and offers `alpn`.
+fn client_config(alpn: &[&[u8]]) -> rustls::ClientConfig {
     tiergate::app::install_process_globals();
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(fixture("tls_ca.pem")).unwrap() {
@@ -52,6 +53,11 @@ async fn connect(addr: std::net::SocketAddr, alpn: &[&[u8]]) -> TlsConn {
     }
     let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config
+}
+
+async fn connect(addr: std::net::SocketAddr, alpn: &[&[u8]]) -> TlsConn {
+    let config = client_config(alpn);
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
@@ -189,12 +195,7 @@ async fn a_head_hyper_refuses_over_tls_gets_the_decorated_answer() {
     let dir = scratch("tls-refused");
     install(&dir, 1);
     let (gate, _) = Gate::watching(&dir, &tls_config(&dir)).await;
-    tiergate::app::install_process_globals();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(fixture("tls_ca.pem")).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let config = client_config(&[b"http/1.1"]);
     for (head, status) in [
         (b"GET /x HTTP/1.1\r\nHost: localhost\r\nBad Header: 1\r\n\r\n".to_vec(), "400"),
         (format!("GET /x HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n", "a".repeat(70_000)).into_bytes(), "431"),
