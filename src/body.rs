@@ -1,11 +1,11 @@
 //! The two body types the proxy moves: [`RequestBody`] (client → upstream, with the streamed upload
 //! cap) and [`ProxyBody`] (→ client: an upstream stream, or a small body tiergate wrote itself).
 //!
-//! Both are thin wrappers over hyper's `Incoming`, so bodies stream in both directions without being
-//! buffered. `ProxyBody` also carries the request's [`Guards`], released when the body ends or is
-//! dropped (the client went away): that is what returns a concurrency slot. An upstream body also
-//! carries its connection, given back to the pool (`upstream.rs`) once the body has been read to its
-//! end, and closed if it never is.
+//! Both are thin wrappers (over hyper's `Incoming`, and over `upstream.rs`'s [`UpstreamBody`]), so
+//! bodies stream in both directions without being buffered. `ProxyBody` also carries the request's
+//! [`Guards`], released when the body ends or is dropped (the client went away): that is what returns
+//! a concurrency slot. An upstream body carries its connection, which `upstream.rs` takes back once
+//! the body has been read to its end.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 
 use crate::conn::ConnActivity;
 use crate::limit::Lease;
-use crate::upstream::Pooled;
+use crate::upstream::UpstreamBody;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -133,8 +133,8 @@ pub struct ProxyBody {
 enum Kind {
     Empty,
     Bytes(Option<Bytes>),
-    /// The upstream's body, and its connection until the body has been read to its end.
-    Upstream(Incoming, Option<Pooled<RequestBody>>),
+    /// The upstream's body (its connection inside until the body has been read to its end).
+    Upstream(UpstreamBody<RequestBody>),
 }
 
 impl ProxyBody {
@@ -146,21 +146,9 @@ impl ProxyBody {
         ProxyBody { kind: Kind::Bytes(Some(b.into())), guards: None, on_end: None, sent: 0 }
     }
 
-    /// The upstream's body; `conn` goes back to the pool once the body has been read to its end.
-    pub fn upstream(body: Incoming, conn: Pooled<RequestBody>) -> ProxyBody {
-        let mut body = ProxyBody { kind: Kind::Upstream(body, Some(conn)), guards: None, on_end: None, sent: 0 };
-        body.give_back_if_read();
-        body
-    }
-
-    /// The upstream body has been read to its end (or had none): its connection is free again.
-    fn give_back_if_read(&mut self) {
-        if let Kind::Upstream(inner, conn) = &mut self.kind
-            && inner.is_end_stream()
-            && let Some(conn) = conn.take()
-        {
-            conn.give_back();
-        }
+    /// The upstream's body.
+    pub fn upstream(body: UpstreamBody<RequestBody>) -> ProxyBody {
+        ProxyBody { kind: Kind::Upstream(body), guards: None, on_end: None, sent: 0 }
     }
 
     /// Calls `f` with the bytes sent once this body ends or is dropped.
@@ -186,33 +174,21 @@ impl ProxyBody {
 
 impl Drop for ProxyBody {
     fn drop(&mut self) {
-        // hyper stops polling a body that says it has ended: the connection is handed back here.
-        self.give_back_if_read();
         self.finish();
     }
 }
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let out = match &mut this.kind {
             Kind::Empty => Poll::Ready(None),
             Kind::Bytes(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream(inner, _) => Pin::new(inner).poll_frame(cx),
+            Kind::Upstream(inner) => Pin::new(inner).poll_frame(cx),
         };
-        match &out {
-            Poll::Ready(Some(Ok(_))) | Poll::Ready(None) => this.give_back_if_read(),
-            // A broken body: its connection is not reused.
-            Poll::Ready(Some(Err(_))) => {
-                if let Kind::Upstream(_, conn) = &mut this.kind {
-                    *conn = None;
-                }
-            }
-            Poll::Pending => {}
-        }
         if let (Some(_), Poll::Ready(Some(Ok(frame)))) = (&this.on_end, &out)
             && let Some(data) = frame.data_ref()
         {
@@ -230,7 +206,7 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Empty => true,
             Kind::Bytes(b) => b.is_none(),
-            Kind::Upstream(inner, _) => inner.is_end_stream(),
+            Kind::Upstream(inner) => inner.is_end_stream(),
         }
     }
 
@@ -238,7 +214,7 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Bytes(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Upstream(inner, _) => inner.size_hint(),
+            Kind::Upstream(inner) => inner.size_hint(),
         }
     }
 }

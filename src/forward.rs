@@ -15,7 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 
 use crate::body::{ClientBodyError, RequestBody, UploadTooLarge};
 use crate::metrics::UpstreamErrorKind;
-use crate::upstream::{Pool, Pooled, SendError, Target};
+use crate::upstream::{Pool, SendError, Target, UpstreamBody};
 
 pub type UpstreamClient = Pool<RequestBody>;
 
@@ -135,6 +135,7 @@ impl ForwardError {
     fn classify(e: SendError) -> ForwardError {
         let e = match e {
             SendError::Connect(cause) => return ForwardError::Connect(cause),
+            SendError::Wire(_) => return ForwardError::Protocol,
             SendError::Http(e) => e,
         };
         let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
@@ -158,7 +159,7 @@ pub async fn send(
     to: &Upstream<'_>,
     req: Request<RequestBody>,
     timeout: Duration,
-) -> Result<(Response<Incoming>, Pooled<RequestBody>), ForwardError> {
+) -> Result<Response<UpstreamBody<RequestBody>>, ForwardError> {
     let target = Target { scheme: to.scheme, authority: to.authority };
     match tokio::time::timeout(timeout, client.send(target, req)).await {
         Err(_) => Err(ForwardError::Timeout),

@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod bounded;
 pub mod identity;
 pub mod limit;
+pub mod wire;
 pub mod upstream;
 pub mod body;
 pub mod forward;

@@ -275,7 +275,7 @@ impl Proxy {
         let upstream_took = upstream_started.elapsed();
         ctx.upstream = Some(upstream_took);
         snap.metrics.upstream_duration.record(upstream_took.as_secs_f64());
-        let (mut resp, upstream_conn) = match sent {
+        let mut resp = match sent {
             Ok(sent) => sent,
             Err(e) => {
                 let Some(kind) = e.upstream_kind() else {
@@ -306,13 +306,15 @@ impl Proxy {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             if let Some(client_upgrade) = client_upgrade {
                 // The connection is the tunnel's now, never reused.
-                self.tunnels.spawn(tunnel(client_upgrade, upstream_upgrade, guards, upstream_conn));
+                let (parts, upstream_body) = resp.into_parts();
+                self.tunnels.spawn(tunnel(client_upgrade, upstream_upgrade, guards, upstream_body));
+                return Ok(Response::from_parts(parts, ProxyBody::empty()));
             }
             let (parts, _) = resp.into_parts();
             return Ok(Response::from_parts(parts, ProxyBody::empty()));
         }
         let (parts, body) = resp.into_parts();
-        let mut body = ProxyBody::upstream(body, upstream_conn);
+        let mut body = ProxyBody::upstream(body);
         body.hold(guards);
         Ok(Response::from_parts(parts, body))
     }
@@ -479,7 +481,12 @@ impl TierCache {
 pub const QUOTA_PATH: &str = "/_tiergate/quota";
 
 /// Copies bytes both ways between an upgraded client and upstream connection until either closes.
-async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, guards: Guards, conn: crate::upstream::Pooled<RequestBody>) {
+async fn tunnel(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    guards: Guards,
+    conn: crate::upstream::UpstreamBody<RequestBody>,
+) {
     let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else { return };
     drop(conn);
     let mut client = TokioIo::new(client);

@@ -1,5 +1,11 @@
-//! The upstream connections: a pool of HTTP/1.1 connections (hyper's `client::conn::http1`) that
-//! `forward` sends on, and the response body (`body.rs`) hands back when it has been read to its end.
+//! The upstream connections: a pool of HTTP/1.1 connections that `forward` sends on, and the
+//! response body ([`UpstreamBody`]) that hands its connection back once it has been read to its end.
+//!
+//! Two kinds of connection, each request on the kind it needs:
+//! - **wire** (`wire.rs`): a request with no body and no upgrade to an `http://` upstream (most
+//!   requests) is written and its response read by the request's own task, on a bare socket;
+//! - **hyper** (`client::conn::http1`): everything else (a body to stream, an upgrade, TLS), with
+//!   hyper's connection task doing the I/O.
 //!
 //! Why not hyper-util's legacy client: per request it clones the connector, hashes a pool key,
 //! takes the pool's shared lock twice, and spawns a task that waits for the connection to become
@@ -18,15 +24,21 @@
 //! The request's URI must be in origin form (`/path?query`) with a `Host` header; where it goes is
 //! the [`Target`].
 
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::uri::{Authority, Scheme};
-use http::{Request, Response, Uri};
+use http::{Method, Request, Response, Uri, header};
+use http_body::{Frame, SizeHint};
 use hyper::body::{Body, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service;
+
+use crate::wire;
 
 /// Idle connections kept per thread (per worker, when each worker owns a thread).
 pub const MAX_IDLE_PER_SHARD: usize = 256;
@@ -51,6 +63,8 @@ pub enum SendError {
     Connect(Box<dyn std::error::Error + Send + Sync>),
     /// The connection broke, or the response was malformed; the source chain says why.
     Http(hyper::Error),
+    /// The same, on a wire connection.
+    Wire(wire::WireError),
 }
 
 /// The upstream connection pool (cheap to share: clones share the connections).
@@ -72,31 +86,29 @@ struct Inner<B> {
 struct Idle<B> {
     scheme: Scheme,
     authority: Authority,
-    tx: SendRequest<B>,
+    conn: Conn<B>,
     since: Instant,
 }
 
-/// A connection whose response is being read: [`Pooled::give_back`] once it has been read to its
-/// end; dropping it instead closes the connection.
+enum Conn<B> {
+    Hyper(SendRequest<B>),
+    Wire(wire::Conn),
+}
+
+impl<B> Conn<B> {
+    fn is_closed(&self) -> bool {
+        match self {
+            Conn::Hyper(tx) => tx.is_closed(),
+            Conn::Wire(c) => c.is_closed(),
+        }
+    }
+}
+
+/// A hyper connection whose response is being read: given back once it has been read to its end;
+/// dropping it instead closes the connection.
 pub struct Pooled<B> {
     idle: Idle<B>,
     pool: Arc<Inner<B>>,
-}
-
-impl<B> Pooled<B> {
-    /// The response was read to its end: the connection is free for the next request.
-    pub fn give_back(self) {
-        let Pooled { mut idle, pool } = self;
-        if idle.tx.is_closed() {
-            return;
-        }
-        idle.since = Instant::now();
-        let mut shard = pool.shard();
-        if shard.len() >= MAX_IDLE_PER_SHARD {
-            shard.remove(0); // the oldest
-        }
-        shard.push(idle);
-    }
 }
 
 fn shard_index() -> usize {
@@ -114,28 +126,54 @@ impl<B> Inner<B> {
         self.shards[shard_index()].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The newest idle connection to `to` that is open and ready; closed or expired ones met on the
-    /// way are dropped.
-    fn checkout(&self, to: Target<'_>) -> Option<Idle<B>> {
+    /// The newest idle connection to `to` of the kind asked for (`wire` or hyper's) that is open
+    /// and ready; closed or expired ones met on the way are dropped.
+    fn checkout(&self, to: Target<'_>, wire: bool) -> Option<Idle<B>> {
         let mut shard = self.shard();
         let mut at = shard.len();
+        let now = Instant::now();
         while at > 0 {
             at -= 1;
             let idle = &shard[at];
-            if idle.scheme != *to.scheme || idle.authority != *to.authority {
+            if matches!(idle.conn, Conn::Wire(_)) != wire
+                || idle.scheme != *to.scheme
+                || idle.authority != *to.authority
+            {
                 continue;
             }
-            if idle.tx.is_closed() || idle.since.elapsed() > IDLE_TIMEOUT {
+            if idle.conn.is_closed() || now.saturating_duration_since(idle.since) > IDLE_TIMEOUT {
                 shard.remove(at);
                 continue;
             }
-            // Not ready: its previous response is still being read off the socket; leave it.
-            if idle.tx.is_ready() {
-                return Some(shard.remove(at));
+            match &idle.conn {
+                // Not ready: its previous response is still being read off the socket; leave it.
+                Conn::Hyper(tx) if !tx.is_ready() => {}
+                _ => return Some(shard.remove(at)),
             }
         }
         None
     }
+
+    /// A connection whose response was read to its end: free for the next request.
+    fn give_back(&self, mut idle: Idle<B>) {
+        if idle.conn.is_closed() {
+            return;
+        }
+        idle.since = Instant::now();
+        let mut shard = self.shard();
+        if shard.len() >= MAX_IDLE_PER_SHARD {
+            shard.remove(0); // the oldest
+        }
+        shard.push(idle);
+    }
+}
+
+/// Whether `req` can go out on a wire connection: no body, no upgrade, not `CONNECT`, plain HTTP.
+fn wire_eligible<B: Body>(to: Target<'_>, req: &Request<B>) -> bool {
+    *to.scheme == Scheme::HTTP
+        && req.body().is_end_stream()
+        && req.method() != Method::CONNECT
+        && !req.headers().contains_key(header::UPGRADE)
 }
 
 impl<B> Pool<B>
@@ -149,16 +187,53 @@ where
     }
 
     /// Sends `req` (origin-form URI, `Host` set) to `to`, on an idle connection when there is one.
-    /// The response comes with its connection, to be given back once the body has been read.
-    pub async fn send(
+    /// The response's body gives the connection back once it has been read.
+    pub async fn send(&self, to: Target<'_>, req: Request<B>) -> Result<Response<UpstreamBody<B>>, SendError> {
+        if wire_eligible(to, &req) {
+            let (parts, _) = req.into_parts();
+            return self.send_wire(to, parts).await;
+        }
+        self.send_hyper(to, req).await
+    }
+
+    async fn send_wire(
         &self,
         to: Target<'_>,
-        mut req: Request<B>,
-    ) -> Result<(Response<Incoming>, Pooled<B>), SendError> {
+        parts: http::request::Parts,
+    ) -> Result<Response<UpstreamBody<B>>, SendError> {
+        // Reused connections first; a write that fails on one means the upstream closed it while
+        // it was idle, and the request never got through: it goes out on the next.
+        let conn = loop {
+            match self.inner.checkout(to, true) {
+                Some(Idle { conn: Conn::Wire(mut conn), .. }) => {
+                    if conn.write_head(&parts).await.is_ok() {
+                        break conn;
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    // Boxed: connecting is rare and its future large.
+                    let io = Box::pin(self.connect_tcp(to)).await?;
+                    let mut conn = wire::Conn::new(io);
+                    conn.write_head(&parts).await.map_err(|e| SendError::Wire(e.into()))?;
+                    break conn;
+                }
+            }
+        };
+        let (head, body) = conn.read_head(&parts.method).await.map_err(SendError::Wire)?;
+        let back =
+            WireBack { pool: Arc::clone(&self.inner), scheme: to.scheme.clone(), authority: to.authority.clone() };
+        let mut body = UpstreamBody { kind: Kind::Wire(body, Some(back)), reusable: true };
+        body.give_back_if_read();
+        Ok(Response::from_parts(head, body))
+    }
+
+    async fn send_hyper(&self, to: Target<'_>, mut req: Request<B>) -> Result<Response<UpstreamBody<B>>, SendError> {
         // Reused connections first; each one found closed before the request went out is skipped.
-        while let Some(mut idle) = self.inner.checkout(to) {
-            match idle.tx.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, Pooled { idle, pool: Arc::clone(&self.inner) })),
+        while let Some(mut idle) = self.inner.checkout(to, false) {
+            let Conn::Hyper(tx) = &mut idle.conn else { continue };
+            match tx.try_send_request(req).await {
+                Ok(resp) => return Ok(hyper_response(resp, Pooled { idle, pool: Arc::clone(&self.inner) })),
                 Err(mut e) => match e.take_message() {
                     Some(back) => req = back,
                     None => return Err(SendError::Http(e.into_error())),
@@ -167,14 +242,25 @@ where
         }
         // Boxed: connecting is rare and its future large; inline, it would be moved with every
         // request's future.
-        let mut idle = Box::pin(self.connect(to)).await?;
-        match idle.tx.send_request(req).await {
-            Ok(resp) => Ok((resp, Pooled { idle, pool: Arc::clone(&self.inner) })),
+        let mut tx = Box::pin(self.connect_hyper(to)).await?;
+        match tx.send_request(req).await {
+            Ok(resp) => {
+                let idle = Idle {
+                    scheme: to.scheme.clone(),
+                    authority: to.authority.clone(),
+                    conn: Conn::Hyper(tx),
+                    since: Instant::now(),
+                };
+                Ok(hyper_response(resp, Pooled { idle, pool: Arc::clone(&self.inner) }))
+            }
             Err(e) => Err(SendError::Http(e)),
         }
     }
 
-    async fn connect(&self, to: Target<'_>) -> Result<Idle<B>, SendError> {
+    async fn connect(
+        &self,
+        to: Target<'_>,
+    ) -> Result<hyper_rustls::MaybeHttpsStream<hyper_util::rt::TokioIo<tokio::net::TcpStream>>, SendError> {
         let uri = Uri::builder()
             .scheme(to.scheme.clone())
             .authority(to.authority.clone())
@@ -183,7 +269,21 @@ where
             .map_err(|e| SendError::Connect(e.into()))?;
         let mut connector = self.inner.connector.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx)).await.map_err(SendError::Connect)?;
-        let io = connector.call(uri).await.map_err(SendError::Connect)?;
+        connector.call(uri).await.map_err(SendError::Connect)
+    }
+
+    /// A plain TCP connection (the connector's: resolution, connect timeout, `TCP_NODELAY`, keepalive).
+    async fn connect_tcp(&self, to: Target<'_>) -> Result<tokio::net::TcpStream, SendError> {
+        match self.connect(to).await? {
+            hyper_rustls::MaybeHttpsStream::Http(io) => Ok(io.into_inner()),
+            hyper_rustls::MaybeHttpsStream::Https(_) => {
+                Err(SendError::Connect("a TLS connection where plain TCP was asked for".into()))
+            }
+        }
+    }
+
+    async fn connect_hyper(&self, to: Target<'_>) -> Result<SendRequest<B>, SendError> {
+        let io = self.connect(to).await?;
         let (tx, conn) =
             hyper::client::conn::http1::Builder::new().handshake(io).await.map_err(|e| SendError::Connect(e.into()))?;
         // The connection runs as its own task until it closes (upgrades pass through it).
@@ -192,7 +292,7 @@ where
                 tracing::debug!(error = %e, "upstream connection ended with an error");
             }
         });
-        Ok(Idle { scheme: to.scheme.clone(), authority: to.authority.clone(), tx, since: Instant::now() })
+        Ok(tx)
     }
 
     /// Closes idle connections past [`IDLE_TIMEOUT`] or already closed, in every shard.
@@ -206,9 +306,111 @@ where
         for shard in &self.inner.shards {
             let mut shard = shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let before = shard.len();
-            shard.retain(|idle| !idle.tx.is_closed() && now.saturating_duration_since(idle.since) <= IDLE_TIMEOUT);
+            shard.retain(|idle| !idle.conn.is_closed() && now.saturating_duration_since(idle.since) <= IDLE_TIMEOUT);
             dropped += before - shard.len();
         }
         dropped
+    }
+}
+
+fn hyper_response<B>(resp: Response<Incoming>, conn: Pooled<B>) -> Response<UpstreamBody<B>> {
+    let (parts, body) = resp.into_parts();
+    // A 101's connection becomes a tunnel (or is closed): it is held, never given back.
+    let reusable = parts.status != http::StatusCode::SWITCHING_PROTOCOLS;
+    let mut body = UpstreamBody { kind: Kind::Hyper(body, Some(conn)), reusable };
+    body.give_back_if_read();
+    Response::from_parts(parts, body)
+}
+
+/// Where a wire connection goes back to.
+struct WireBack<B> {
+    pool: Arc<Inner<B>>,
+    scheme: Scheme,
+    authority: Authority,
+}
+
+/// An upstream response's body. Its connection goes back to the pool once the body has been read
+/// to its end; dropped before that (the client went away, or the body broke), the connection is
+/// closed.
+pub struct UpstreamBody<B> {
+    kind: Kind<B>,
+    reusable: bool,
+}
+
+enum Kind<B> {
+    Hyper(Incoming, Option<Pooled<B>>),
+    Wire(wire::ResponseBody, Option<WireBack<B>>),
+}
+
+impl<B> UpstreamBody<B> {
+    fn give_back_if_read(&mut self) {
+        if !self.reusable {
+            return;
+        }
+        match &mut self.kind {
+            Kind::Hyper(body, conn) => {
+                if body.is_end_stream()
+                    && let Some(Pooled { idle, pool }) = conn.take()
+                {
+                    pool.give_back(idle);
+                }
+            }
+            Kind::Wire(body, back) => {
+                if body.is_end()
+                    && let Some(conn) = body.take_conn()
+                    && let Some(WireBack { pool, scheme, authority }) = back.take()
+                {
+                    pool.give_back(Idle { scheme, authority, conn: Conn::Wire(conn), since: Instant::now() });
+                }
+            }
+        }
+    }
+
+    /// Never reuse this body's connection (it broke, or became a tunnel).
+    fn forget_conn(&mut self) {
+        match &mut self.kind {
+            Kind::Hyper(_, conn) => *conn = None,
+            Kind::Wire(_, back) => *back = None,
+        }
+    }
+}
+
+impl<B> Drop for UpstreamBody<B> {
+    fn drop(&mut self) {
+        // hyper stops polling a body that says it has ended: the connection is handed back here.
+        self.give_back_if_read();
+    }
+}
+
+impl<B> Body for UpstreamBody<B> {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let out: Poll<Option<Result<Frame<Bytes>, Self::Error>>> = match &mut this.kind {
+            Kind::Hyper(body, _) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Kind::Wire(body, _) => body.poll_data(cx).map_ok(Frame::data).map_err(Into::into),
+        };
+        match &out {
+            Poll::Ready(Some(Ok(_))) | Poll::Ready(None) => this.give_back_if_read(),
+            Poll::Ready(Some(Err(_))) => this.forget_conn(),
+            Poll::Pending => {}
+        }
+        out
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Hyper(body, _) => body.is_end_stream(),
+            Kind::Wire(body, _) => body.is_end(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Hyper(body, _) => body.size_hint(),
+            Kind::Wire(body, _) => body.exact_len().map_or_else(SizeHint::default, SizeHint::with_exact),
+        }
     }
 }

@@ -1,0 +1,358 @@
+//! HTTP/1.1 spoken directly on a plain TCP connection to the upstream, for the requests that need
+//! nothing more: no request body, no upgrade, an `http://` upstream. Most requests a rate-limited
+//! API sees are such (`GET`s). Everything else goes through hyper's client (`upstream.rs` decides).
+//!
+//! What this owns:
+//! - writing the request head as bytes from the request's parts (origin-form target, `Host` set, hop-by-hop
+//!   headers already stripped by `forward.rs`), into a buffer each connection keeps;
+//! - parsing the response head with `httparse` (the parser hyper uses) into `http`'s types, with the
+//!   header values sharing the read buffer rather than copied; interim `1xx` heads skipped, as
+//!   hyper's client does;
+//! - the response body's framing (RFC 9112 §6.3): none (`HEAD`, `204`, `304`), `Content-Length`,
+//!   chunked, or to the end of the connection; and whether the connection may carry the next request.
+//!
+//! Why not hyper's client here: it runs each connection as a task of its own, and hands the request
+//! to it and the response back through channels. On a request with no body that is more than a
+//! third of what forwarding costs (docs/PERFORMANCE.md); here the request's own task writes and
+//! reads its connection.
+//!
+//! Limits are hyper's client's defaults: a response head of at most [`MAX_HEAD`] bytes and
+//! [`MAX_HEADERS`] headers. A malformed or oversized head, a malformed chunk, or a body cut short is
+//! an error, and that connection is never reused. Trailers are read and dropped.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker, ready};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version, request, response};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The largest response head read (hyper's client's default buffer limit).
+pub const MAX_HEAD: usize = 8192 + 4096 * 100;
+/// The most headers a response head may have (hyper's client's default).
+pub const MAX_HEADERS: usize = 100;
+/// A chunk-size line (with its extensions) or a trailer section longer than this is an error.
+const MAX_CHUNK_LINE: usize = 4096;
+const MAX_TRAILERS: usize = 16 * 1024;
+/// Room made in the read buffer before each read.
+const READ_SIZE: usize = 8192;
+
+/// Why no usable response came back.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("upstream connection: {0}")]
+    Io(#[from] io::Error),
+    #[error("the upstream closed the connection before the response was complete")]
+    Closed,
+    #[error("malformed response from the upstream: {0}")]
+    Malformed(&'static str),
+}
+
+/// One upstream connection: the socket, what has been read from it and not yet used, and the buffer
+/// request heads are written from.
+pub struct Conn {
+    io: TcpStream,
+    read: BytesMut,
+    write: Vec<u8>,
+}
+
+impl Conn {
+    pub fn new(io: TcpStream) -> Conn {
+        Conn { io, read: BytesMut::new(), write: Vec::new() }
+    }
+
+    /// Whether the upstream closed the connection (or sent something unasked) while it was idle. No
+    /// system call unless the connection's readiness says something arrived.
+    pub fn is_closed(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => false,
+            Poll::Ready(Err(_)) => true,
+            Poll::Ready(Ok(())) => {
+                !matches!(self.io.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Writes the request head of `parts` (a request with no body).
+    pub async fn write_head(&mut self, parts: &request::Parts) -> io::Result<()> {
+        let w = &mut self.write;
+        w.clear();
+        w.extend_from_slice(parts.method.as_str().as_bytes());
+        w.push(b' ');
+        w.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+        w.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in &parts.headers {
+            w.extend_from_slice(name.as_str().as_bytes());
+            w.extend_from_slice(b": ");
+            w.extend_from_slice(value.as_bytes());
+            w.extend_from_slice(b"\r\n");
+        }
+        w.extend_from_slice(b"\r\n");
+        self.io.write_all(&self.write).await
+    }
+
+    /// Reads the response head (skipping interim `1xx` ones) to a request of `method`. The body
+    /// follows in [`ResponseBody`].
+    pub async fn read_head(mut self, method: &Method) -> Result<(response::Parts, ResponseBody), WireError> {
+        loop {
+            let parts = loop {
+                match parse_head(&mut self.read)? {
+                    Some(head) => break head,
+                    None if self.read.len() >= MAX_HEAD => return Err(WireError::Malformed("response head too large")),
+                    None => {
+                        self.read.reserve(READ_SIZE);
+                        if self.io.read_buf(&mut self.read).await? == 0 {
+                            return Err(WireError::Closed);
+                        }
+                    }
+                }
+            };
+            if parts.status.is_informational() {
+                if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+                    return Err(WireError::Malformed("101 Switching Protocols to a request that asked for no upgrade"));
+                }
+                continue; // 100 Continue, 103 Early Hints: the final answer follows
+            }
+            let mut parts = parts;
+            let (state, reusable) = framing(&mut parts, method)?;
+            let body = ResponseBody { conn: Some(self), state, reusable };
+            return Ok((parts, body));
+        }
+    }
+
+    /// Reads more into the buffer. `Ok(0)`: the upstream closed the connection.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read.capacity() - self.read.len() < READ_SIZE / 4 {
+            self.read.reserve(READ_SIZE);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+    }
+}
+
+/// One complete head off the front of `buf`, or `None` while it is incomplete.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<response::Parts>, WireError> {
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(WireError::Malformed("too many headers")),
+        Err(_) => return Err(WireError::Malformed("unparsable head")),
+    };
+    let status = parsed.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(WireError::Malformed("bad status"))?;
+    let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    // Where each name and value sits in the head, so the values can share its bytes once it is
+    // split off the buffer (the parsed headers borrow the buffer until then).
+    let base = buf.as_ptr() as usize;
+    let mut at = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let count = parsed.headers.len();
+    for (slot, h) in at.iter_mut().zip(parsed.headers.iter()) {
+        let name = h.name.as_ptr() as usize - base;
+        let value = h.value.as_ptr() as usize - base;
+        *slot = (name, name + h.name.len(), value, value + h.value.len());
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count + 16);
+    for &(n0, n1, v0, v1) in &at[..count] {
+        let name = HeaderName::from_bytes(&head[n0..n1]).map_err(|_| WireError::Malformed("bad header name"))?;
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(v0..v1)).map_err(|_| WireError::Malformed("bad header value"))?;
+        headers.append(name, value);
+    }
+    let mut parts = response::Response::new(()).into_parts().0;
+    parts.status = status;
+    parts.version = version;
+    parts.headers = headers;
+    Ok(Some(parts))
+}
+
+/// How the body of this response is framed, and whether the connection may be reused after it.
+/// `Content-Length` is dropped from a response that also says `Transfer-Encoding` (RFC 9112 §6.3).
+fn framing(parts: &mut response::Parts, method: &Method) -> Result<(State, bool), WireError> {
+    let h = &parts.headers;
+    let mut reusable = parts.version == Version::HTTP_11 && !has_token(h, header::CONNECTION, "close");
+    if *method == Method::HEAD || parts.status == StatusCode::NO_CONTENT || parts.status == StatusCode::NOT_MODIFIED {
+        return Ok((State::Done, reusable));
+    }
+    if h.contains_key(header::TRANSFER_ENCODING) {
+        let chunked = h
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        if parts.headers.remove(header::CONTENT_LENGTH).is_some() {
+            reusable = false;
+        }
+        return Ok(if chunked { (State::Chunk(Chunk::Size), reusable) } else { (State::Close, false) });
+    }
+    let mut length: Option<u64> = None;
+    for value in h.get_all(header::CONTENT_LENGTH) {
+        let text = value.to_str().map_err(|_| WireError::Malformed("bad Content-Length"))?;
+        for part in text.split(',').map(str::trim) {
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(WireError::Malformed("bad Content-Length"));
+            }
+            let n: u64 = part.parse().map_err(|_| WireError::Malformed("bad Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(WireError::Malformed("conflicting Content-Length values"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => (State::Done, reusable),
+        Some(n) => (State::Length(n), reusable),
+        None => (State::Close, false),
+    })
+}
+
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+enum State {
+    /// Bytes left of a `Content-Length` body.
+    Length(u64),
+    Chunk(Chunk),
+    /// Until the upstream closes the connection.
+    Close,
+    Done,
+}
+
+enum Chunk {
+    Size,
+    /// Bytes left of the current chunk.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    Trailers,
+}
+
+/// A response body read off its connection. The connection comes back out with [`Self::take_conn`]
+/// once the body has been read to its end, when it may carry another request.
+pub struct ResponseBody {
+    conn: Option<Conn>,
+    state: State,
+    reusable: bool,
+}
+
+impl ResponseBody {
+    pub fn is_end(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+
+    /// The exact length still to come, when the framing says it.
+    pub fn exact_len(&self) -> Option<u64> {
+        match self.state {
+            State::Length(n) => Some(n),
+            State::Done => Some(0),
+            _ => None,
+        }
+    }
+
+    /// The connection, for the next request: only once the body has ended, when the response let
+    /// it be reused and nothing unasked came after it.
+    pub fn take_conn(&mut self) -> Option<Conn> {
+        if !self.is_end() || !self.reusable {
+            return None;
+        }
+        self.conn.take().filter(|c| c.read.is_empty())
+    }
+
+    /// The next piece of the body; `None` at its end.
+    pub fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, WireError>>> {
+        let Some(conn) = self.conn.as_mut() else { return Poll::Ready(None) };
+        loop {
+            let buf = &mut conn.read;
+            match &mut self.state {
+                State::Done => return Poll::Ready(None),
+                State::Length(left) => {
+                    if !buf.is_empty() {
+                        let n = (*left).min(buf.len() as u64) as usize;
+                        *left -= n as u64;
+                        if *left == 0 {
+                            self.state = State::Done;
+                        }
+                        return Poll::Ready(Some(Ok(buf.split_to(n).freeze())));
+                    }
+                }
+                State::Close => {
+                    if !buf.is_empty() {
+                        return Poll::Ready(Some(Ok(buf.split().freeze())));
+                    }
+                }
+                State::Chunk(Chunk::Data(left)) => {
+                    if !buf.is_empty() {
+                        let n = (*left).min(buf.len() as u64) as usize;
+                        *left -= n as u64;
+                        if *left == 0 {
+                            self.state = State::Chunk(Chunk::DataEnd);
+                        }
+                        return Poll::Ready(Some(Ok(buf.split_to(n).freeze())));
+                    }
+                }
+                State::Chunk(Chunk::Size) => match httparse::parse_chunk_size(buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        let _ = buf.split_to(used);
+                        self.state = State::Chunk(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) });
+                        continue;
+                    }
+                    Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
+                        return Poll::Ready(Some(Err(WireError::Malformed("chunk size line too long"))));
+                    }
+                    Ok(httparse::Status::Partial) => {}
+                    Err(_) => return Poll::Ready(Some(Err(WireError::Malformed("bad chunk size")))),
+                },
+                State::Chunk(Chunk::DataEnd) => {
+                    if buf.len() >= 2 {
+                        if &buf[..2] != b"\r\n" {
+                            return Poll::Ready(Some(Err(WireError::Malformed("chunk not followed by CRLF"))));
+                        }
+                        let _ = buf.split_to(2);
+                        self.state = State::Chunk(Chunk::Size);
+                        continue;
+                    }
+                }
+                State::Chunk(Chunk::Trailers) => {
+                    let mut slots = [httparse::EMPTY_HEADER; 32];
+                    match httparse::parse_headers(buf, &mut slots) {
+                        Ok(httparse::Status::Complete((used, _))) => {
+                            let _ = buf.split_to(used);
+                            self.state = State::Done;
+                            return Poll::Ready(None);
+                        }
+                        Ok(httparse::Status::Partial) if buf.len() > MAX_TRAILERS => {
+                            return Poll::Ready(Some(Err(WireError::Malformed("trailers too large"))));
+                        }
+                        Ok(httparse::Status::Partial) => {}
+                        Err(_) => return Poll::Ready(Some(Err(WireError::Malformed("bad trailers")))),
+                    }
+                }
+            }
+            // Need more bytes.
+            let n = match ready!(conn.poll_fill(cx)) {
+                Ok(n) => n,
+                Err(e) => return Poll::Ready(Some(Err(WireError::Io(e)))),
+            };
+            if n == 0 {
+                if matches!(self.state, State::Close) {
+                    self.state = State::Done;
+                    return Poll::Ready(None);
+                }
+                return Poll::Ready(Some(Err(WireError::Closed)));
+            }
+        }
+    }
+}
