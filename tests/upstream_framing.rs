@@ -1,0 +1,151 @@
+//! How tiergate reads an upstream's response to a request with no body (the wire path,
+//! `src/wire.rs`), against a real TCP upstream that answers each path with scripted bytes: every
+//! framing RFC 9112 §6.3 allows, interim 1xx heads, trailers, and malformed answers; and which
+//! connections are reused afterwards.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test that cannot set up panics with a message: that is its failure report"
+)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What the scripted upstream answers for `path`, and whether it closes the connection after.
+fn script(path: &str) -> (&'static [u8], bool) {
+    match path {
+        "/chunked" => (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+            false,
+        ),
+        "/close" => (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end", true),
+        "/early" => (
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            false,
+        ),
+        "/conflict" => (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok", false),
+        "/same-twice" => (b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok", false),
+        "/bad-chunk" => (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", false),
+        "/te-and-cl" => (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", false),
+        "/switching" => (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n", false),
+        "/no-content" => (b"HTTP/1.1 204 No Content\r\n\r\n", false),
+        "/garbage" => (b"HTTP/1.1 two hundred\r\n\r\n", false),
+        "/cut" => (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", true),
+        "/keep-close" => (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", false),
+        // `/len`, asked with HEAD: the length of a body that is not sent.
+        _ => (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false),
+    }
+}
+
+/// The scripted upstream; counts the connections it accepted.
+async fn scripted_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    buf.drain(..end + 4);
+                    let method = head.split(' ').next().unwrap_or("GET").to_string();
+                    let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                    let (mut answer, close) = script(&path);
+                    if method == "HEAD" {
+                        answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
+                    }
+                    if s.write_all(answer).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+async fn gate() -> (Gate, Arc<AtomicUsize>) {
+    let (upstream, accepted) = scripted_upstream().await;
+    let gate =
+        Gate::start_with_upstream(&format!("{SERVER}{IDENTITY}{TIERS}"), &format!("http://{upstream}"), upstream).await;
+    (gate, accepted)
+}
+
+#[tokio::test]
+async fn every_framing_is_read_and_only_reusable_connections_are_reused() {
+    let (gate, accepted) = gate().await;
+    let reply = get(&gate.url("/chunked"), &[]).await;
+    assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "hello world"), "chunks joined, trailers dropped");
+    assert!(reply.header("x-trailer").is_none());
+    let reply = get(&gate.url("/early"), &[]).await;
+    assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "ok"), "103 skipped, the final answer forwarded");
+    let reply = get(&gate.url("/same-twice"), &[]).await;
+    assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "ok"), "a repeated equal length is one length");
+    let reply = get(&gate.url("/no-content"), &[]).await;
+    assert_eq!((reply.status.as_u16(), reply.body.as_str()), (204, ""));
+    let reply = send(&client(), request("HEAD", &gate.url("/len"), &[], bytes::Bytes::new())).await;
+    assert_eq!((reply.status.as_u16(), reply.header("content-length")), (200, Some("5")), "HEAD: no body follows");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "each of those left the connection reusable");
+
+    // Read to the close: the body is whatever came before it, and the connection is gone.
+    let reply = get(&gate.url("/close"), &[]).await;
+    assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "until the end"));
+    assert_eq!(get(&gate.url("/len"), &[]).await.body, "hello");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "a close-delimited body's connection is not reused");
+
+    // `Connection: close` from the upstream, and a response with both framings: body read as chunked,
+    // its `Content-Length` not forwarded, its connection not reused.
+    assert_eq!(get(&gate.url("/keep-close"), &[]).await.body, "ok");
+    assert_eq!(get(&gate.url("/len"), &[]).await.body, "hello");
+    assert_eq!(accepted.load(Ordering::SeqCst), 3, "Connection: close is honoured");
+    let reply = get(&gate.url("/te-and-cl"), &[]).await;
+    assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "ok"));
+    assert_ne!(reply.header("content-length"), Some("3"), "the conflicting length is dropped");
+    assert_eq!(get(&gate.url("/len"), &[]).await.body, "hello");
+    assert_eq!(accepted.load(Ordering::SeqCst), 4, "a response with both framings ends its connection");
+}
+
+#[tokio::test]
+async fn malformed_answers_are_502_or_a_cut_body_and_their_connection_is_dropped() {
+    let (gate, accepted) = gate().await;
+    for path in ["/conflict", "/garbage", "/switching"] {
+        let reply = get(&gate.url(path), &[]).await;
+        assert_eq!(reply.status.as_u16(), 502, "{path}: {}", reply.body);
+        assert_eq!(reply.header("content-type"), Some("application/problem+json"), "{path}");
+    }
+    let before = accepted.load(Ordering::SeqCst);
+    assert_eq!(get(&gate.url("/len"), &[]).await.body, "hello");
+    assert_eq!(accepted.load(Ordering::SeqCst), before + 1, "no connection a malformed answer came on is reused");
+
+    // A body that breaks once the head is in: the client sees it cut short (or, when hyper met the
+    // error before it wrote the head, no answer), never a whole body.
+    for path in ["/bad-chunk", "/cut"] {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let (out, closed) = raw(gate.server.addr, head.as_bytes(), Duration::from_secs(5)).await;
+        assert!(out.is_empty() || out.starts_with("HTTP/1.1 200"), "{path}: {out}");
+        assert!(closed, "{path}: the client's connection is closed, so the short body cannot pass for whole");
+        assert!(!out.contains("hello\r\n0") && !out.ends_with("0\r\n\r\n"), "{path}: never ended as complete: {out:?}");
+    }
+    let before = accepted.load(Ordering::SeqCst);
+    assert_eq!(get(&gate.url("/len"), &[]).await.body, "hello");
+    assert_eq!(accepted.load(Ordering::SeqCst), before + 1, "a broken body's connection is not reused");
+}
