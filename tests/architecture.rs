@@ -20,7 +20,7 @@ const FLOW: &[&str] = &[
     // the entries-and-bytes budgets every in-memory cache is held to.
     "conn", "route", "metrics", "bounded", //
     // The stages, in request order (classify happens before identify, but the two share nothing).
-    "identity", "limit", "upstream", "body", "forward", "headers", "error", "access", "top", //
+    "identity", "limit", "wire", "upstream", "body", "forward", "headers", "error", "access", "top", //
     // Config: schema and reader, TLS key loading, the compiled snapshot.
     "tls", "config", "snapshot", //
     // The orchestrator, then what runs it.
