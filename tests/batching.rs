@@ -380,6 +380,15 @@ async fn a_redis_restart_with_reservations_outstanding_admits_no_more_than_the_l
         assert_eq!(get_as(&gates[0].url("/x"), &t).await.status, 200);
         admitted += 1;
     }
+    // The 40th request may have spent the last unit of a reservation (its size follows the
+    // caller's measured rate, so a slow machine sizes it differently): the next one takes another.
+    for _ in 0..BATCH {
+        if gates[0].server.proxy.limiter.reserved_units() > 0 {
+            break;
+        }
+        assert_eq!(get_as(&gates[0].url("/x"), &t).await.status, 200);
+        admitted += 1;
+    }
     assert!(gates[0].server.proxy.limiter.reserved_units() > 0, "a reservation is outstanding");
     redis.kill();
     // Redis is down: what the replica holds is already counted there, so spending it is safe; the
