@@ -333,17 +333,8 @@ async fn counting_upstream_with_open() -> (
                 }
                 let _closed = Closed(live);
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
                 loop {
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                    buf.drain(..end + 4);
+                    let Some(head) = read_head(&mut s, &mut buf).await else { return };
                     let path = head.split(' ').nth(1).unwrap_or("/").to_string();
                     if path.starts_with("/big") {
                         let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n").await;

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// What the scripted upstream answers for `path`, and whether it closes the connection after.
 fn script(path: &str) -> (&'static [u8], bool) {
@@ -56,17 +56,8 @@ async fn scripted_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
             count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
                 loop {
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                    buf.drain(..end + 4);
+                    let Some(head) = read_head(&mut s, &mut buf).await else { return };
                     let method = head.split(' ').next().unwrap_or("GET").to_string();
                     let path = head.split(' ').nth(1).unwrap_or("/").to_string();
                     let (mut answer, close) = script(&path);

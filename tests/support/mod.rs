@@ -409,6 +409,23 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (String, boo
     (String::from_utf8_lossy(&out).into_owned(), closed)
 }
 
+/// Reads one request head (up to the blank line) from a scripted upstream's socket, keeping what
+/// follows it in `buf` for the next call. `None` when the peer closed or the read failed.
+pub async fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            buf.drain(..end + 4);
+            return Some(head);
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 /// The value of one series in a Prometheus text scrape (sum over lines matching every fragment).
 pub fn metric(scrape: &str, name: &str, fragments: &[&str]) -> f64 {
     scrape
