@@ -16,6 +16,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use crate::body::{ClientBodyError, RequestBody, UploadTooLarge};
 use crate::metrics::UpstreamErrorKind;
 use crate::upstream::{Pool, SendError, Target, UpstreamBody};
+use crate::wire::has_token;
 
 pub type UpstreamClient = Pool<RequestBody>;
 
@@ -172,16 +173,7 @@ pub async fn send(
 pub fn is_upgrade(req: &Request<Incoming>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
-        && connection_has(req.headers(), "upgrade")
-}
-
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        && has_token(req.headers(), header::CONNECTION, "upgrade")
 }
 
 /// Removes hop-by-hop headers, including every header named in `Connection`. When `keep_upgrade`

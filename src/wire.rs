@@ -213,7 +213,9 @@ fn framing(parts: &mut response::Parts, method: &Method) -> Result<(State, bool)
     })
 }
 
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+/// Does any of `name`'s values list `token` (comma-separated, compared without regard to case)?
+/// `Connection: close`, `Connection: upgrade` and the like.
+pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     headers
         .get_all(name)
         .iter()
