@@ -52,17 +52,32 @@ pub enum WireError {
     Malformed(&'static str),
 }
 
-/// One upstream connection: the socket, what has been read from it and not yet used, and the buffer
-/// request heads are written from.
+/// One upstream connection: the socket, what has been read from it and not yet used, the buffer
+/// request heads are written from, and where each header of the last response head sat in it.
 pub struct Conn {
     io: TcpStream,
     read: BytesMut,
+    scratch: Box<Scratch>,
+}
+
+/// A connection's reusable buffers, boxed so a response body that carries its connection stays
+/// small.
+#[derive(Default)]
+struct Scratch {
     write: Vec<u8>,
+    spans: Vec<Span>,
+}
+
+/// Where one header's name and value sit in a response head: byte offsets from its start.
+#[derive(Clone, Copy)]
+struct Span {
+    name: (usize, usize),
+    value: (usize, usize),
 }
 
 impl Conn {
     pub fn new(io: TcpStream) -> Conn {
-        Conn { io, read: BytesMut::new(), write: Vec::new() }
+        Conn { io, read: BytesMut::new(), scratch: Box::default() }
     }
 
     /// Whether the upstream closed the connection (or sent something unasked) while it was idle. No
@@ -80,7 +95,7 @@ impl Conn {
 
     /// Writes the request head of `parts` (a request with no body).
     pub async fn write_head(&mut self, parts: &request::Parts) -> io::Result<()> {
-        let w = &mut self.write;
+        let w = &mut self.scratch.write;
         w.clear();
         w.extend_from_slice(parts.method.as_str().as_bytes());
         w.push(b' ');
@@ -93,7 +108,7 @@ impl Conn {
             w.extend_from_slice(b"\r\n");
         }
         w.extend_from_slice(b"\r\n");
-        self.io.write_all(&self.write).await
+        self.io.write_all(&self.scratch.write).await
     }
 
     /// Reads the response head (skipping interim `1xx` ones) to a request of `method`. The body
@@ -101,7 +116,7 @@ impl Conn {
     pub async fn read_head(mut self, method: &Method) -> Result<(response::Parts, ResponseBody), WireError> {
         loop {
             let parts = loop {
-                match parse_head(&mut self.read)? {
+                match parse_head(&mut self.read, &mut self.scratch.spans)? {
                     Some(head) => break head,
                     None if self.read.len() >= MAX_HEAD => return Err(WireError::Malformed("response head too large")),
                     None => {
@@ -134,8 +149,10 @@ impl Conn {
     }
 }
 
-/// One complete head off the front of `buf`, or `None` while it is incomplete.
-fn parse_head(buf: &mut BytesMut) -> Result<Option<response::Parts>, WireError> {
+/// One complete head off the front of `buf`, or `None` while it is incomplete. `spans` is scratch
+/// space the connection keeps (cleared here), so no request pays for zeroing room for
+/// [`MAX_HEADERS`] offsets.
+fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Span>) -> Result<Option<response::Parts>, WireError> {
     let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
@@ -149,16 +166,15 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<response::Parts>, WireError> 
     // Where each name and value sits in the head, so the values can share its bytes once it is
     // split off the buffer (the parsed headers borrow the buffer until then).
     let base = buf.as_ptr() as usize;
-    let mut at = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let count = parsed.headers.len();
-    for (slot, h) in at.iter_mut().zip(parsed.headers.iter()) {
+    spans.clear();
+    spans.extend(parsed.headers.iter().map(|h| {
         let name = h.name.as_ptr() as usize - base;
         let value = h.value.as_ptr() as usize - base;
-        *slot = (name, name + h.name.len(), value, value + h.value.len());
-    }
+        Span { name: (name, name + h.name.len()), value: (value, value + h.value.len()) }
+    }));
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count + 16);
-    for &(n0, n1, v0, v1) in &at[..count] {
+    let mut headers = HeaderMap::with_capacity(spans.len() + 16);
+    for &Span { name: (n0, n1), value: (v0, v1) } in spans.iter() {
         let name = HeaderName::from_bytes(&head[n0..n1]).map_err(|_| WireError::Malformed("bad header name"))?;
         let value =
             HeaderValue::from_maybe_shared(head.slice(v0..v1)).map_err(|_| WireError::Malformed("bad header value"))?;
