@@ -104,10 +104,11 @@ pub enum Take {
     Wait { arrived: Pin<Box<OwnedNotified>>, back: Vec<GiveBack> },
 }
 
-/// Every reservation this replica holds, by (identity, plan fingerprint).
+/// Every reservation this replica holds, by (identity, plan fingerprint). Hashed with foldhash
+/// (seeded per process), as the lease books are: SipHash was a tenth of a batched decision's cost.
 #[derive(Default)]
 pub struct Book {
-    quotas: DashMap<(IdentityKey, u64), Quota>,
+    quotas: DashMap<(IdentityKey, u64), Quota, foldhash::fast::RandomState>,
 }
 
 impl Book {

@@ -176,10 +176,17 @@ pub struct RedisStore {
 /// for the caller's next request; releases go to a background task.
 struct LeaseBook {
     live: Mutex<Map<String, Set<String>>>,
-    /// Lease key → idle members and when each went idle (store clock, ms).
-    idle: Mutex<Map<String, Vec<(String, u64)>>>,
+    /// Caller → its idle slots (quota batching). Keyed by the caller, not the lease key, so a
+    /// request takes a pooled slot without formatting the key.
+    idle: Mutex<Map<IdentityKey, Idle>>,
     release: mpsc::UnboundedSender<(String, String)>,
     time_offset_ms: Arc<AtomicI64>,
+}
+
+/// One caller's idle slots: their lease key, and each member with when it went idle (store clock, ms).
+struct Idle {
+    key: String,
+    members: Vec<(String, u64)>,
 }
 
 impl LeaseBook {
@@ -189,14 +196,19 @@ impl LeaseBook {
 
     /// Parks a slot idle for the caller's next request, unless this replica already holds `cap`
     /// slots of the caller (in flight and idle), in which case it is released.
-    fn park(&self, key: String, member: String, cap: u64) {
+    fn park(&self, identity: &IdentityKey, key: String, member: String, cap: u64) {
         let held = self.live.lock().map_or(u64::MAX, |live| live.get(&key).map_or(0, |s| s.len() as u64));
         if held > cap {
             return self.release(key, member);
         }
         let now = self.now_ms();
         if let Ok(mut idle) = self.idle.lock() {
-            idle.entry(key).or_default().push((member, now));
+            match idle.get_mut(identity) {
+                Some(slots) => slots.members.push((member, now)),
+                None => {
+                    idle.insert(identity.clone(), Idle { key, members: vec![(member, now)] });
+                }
+            }
         }
     }
 
@@ -217,7 +229,8 @@ impl LeaseBook {
 /// for the caller's next request.
 #[derive(Debug)]
 pub struct RedisLease {
-    book: Arc<LeaseBookHandle>,
+    book: LeaseBookHandle,
+    identity: IdentityKey,
     key: String,
     member: String,
     /// Quota batching: park the slot idle when it ends while this replica holds at most this many
@@ -264,7 +277,7 @@ impl Drop for RedisLease {
     fn drop(&mut self) {
         let (key, member) = (std::mem::take(&mut self.key), std::mem::take(&mut self.member));
         if self.pool_cap > 0 {
-            self.book.0.park(key, member, self.pool_cap);
+            self.book.0.park(&self.identity, key, member, self.pool_cap);
         } else {
             self.book.0.release(key, member);
         }
@@ -485,10 +498,11 @@ impl RedisStore {
                 }
             }
             for j in 1..=granted.slots {
-                self.leases.park(key.clone(), format!("{member}.{j}"), ask.pool.max(1));
+                self.leases.park(identity, key.clone(), format!("{member}.{j}"), ask.pool.max(1));
             }
             decision.lease = Some(super::Lease::Redis(RedisLease {
-                book: Arc::new(LeaseBookHandle(Arc::clone(&self.leases))),
+                book: LeaseBookHandle(Arc::clone(&self.leases)),
+                identity: identity.clone(),
                 key,
                 member,
                 pool_cap: ask.pool,
@@ -500,10 +514,14 @@ impl RedisStore {
     /// An idle slot of `identity` from this replica's pool (quota batching), with no store call;
     /// `cap`: most slots of the caller the pool keeps.
     pub fn pooled_slot(&self, identity: &IdentityKey, cap: u64) -> Option<super::Lease> {
-        let key = self.key(identity, crate::limit::CONCURRENT);
-        let member = self.leases.idle.lock().ok()?.get_mut(&key)?.pop()?.0;
+        let (key, member) = {
+            let mut idle = self.leases.idle.lock().ok()?;
+            let slots = idle.get_mut(identity)?;
+            (slots.key.clone(), slots.members.pop()?.0)
+        };
         Some(super::Lease::Redis(RedisLease {
-            book: Arc::new(LeaseBookHandle(Arc::clone(&self.leases))),
+            book: LeaseBookHandle(Arc::clone(&self.leases)),
+            identity: identity.clone(),
             key,
             member,
             pool_cap: cap,
@@ -515,15 +533,15 @@ impl RedisStore {
         let now = self.leases.now_ms();
         let mut freed = Vec::new();
         if let Ok(mut idle) = self.leases.idle.lock() {
-            idle.retain(|key, members| {
-                members.retain(|(member, since)| {
+            idle.retain(|_, slots| {
+                slots.members.retain(|(member, since)| {
                     let keep = !all && now.saturating_sub(*since) < ttl_ms;
                     if !keep {
-                        freed.push((key.clone(), member.clone()));
+                        freed.push((slots.key.clone(), member.clone()));
                     }
                     keep
                 });
-                !members.is_empty()
+                !slots.members.is_empty()
             });
         }
         let n = freed.len();
