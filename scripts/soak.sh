@@ -69,7 +69,7 @@ sed -e "s#^listen = .*#listen = \"127.0.0.1:$PROXY_PORT\"#" \
 export JWT_SECRET_KEY="soak-secret-0123456789abcdef0123456789"
 RUST_LOG=warn "$BIN" run --config "$WORK/config.toml" >/dev/null 2>"$WORK/tiergate.err" &
 TG=$!
-PIDS+=($TG)
+PIDS+=("$TG")
 for _ in $(seq 1 200); do curl -fs -o /dev/null "http://127.0.0.1:$ADMIN_PORT/readyz" && break; sleep 0.1; done
 curl -fs -o /dev/null "http://127.0.0.1:$ADMIN_PORT/readyz" || die "tiergate did not become ready: $(tail -5 "$WORK/tiergate.err")"
 
@@ -97,7 +97,7 @@ sample() {
 }
 sample &
 SAMPLER=$!
-PIDS+=($SAMPLER)
+PIDS+=("$SAMPLER")
 
 echo "soak: ${DURATION}s at ${RATE} req/s, 40 users (free/pro/enterprise), Redis on :$REDIS_PORT" >&2
 set +e
