@@ -37,6 +37,9 @@ for i, path in enumerate(sys.argv[1:], 1):
     head = lines[0]
     for cols in lines[1:]:
         rows[cols[0]] = dict(zip(head, cols))
+    if "nginx" not in rows:
+        print(f"{i:<6} (no nginx row: see the skipped lines in {path})")
+        continue
     nginx = float(rows["nginx"]["cpu_us_per_request"])
     for t, row in rows.items():
         cpu = float(row["cpu_us_per_request"])
