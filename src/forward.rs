@@ -318,7 +318,7 @@ pub fn request_id() -> HeaderValue {
         buf[2 * i] = HEX[(byte >> 4) as usize];
         buf[2 * i + 1] = HEX[(byte & 15) as usize];
     }
-    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
+    crate::values::header_value(&buf).unwrap_or(HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]

@@ -3,13 +3,14 @@
 //! Everything that does not depend on the request is built when the snapshot compiles: the
 //! security header values, and per (tier, class) the `RateLimit-Policy` value and each window's
 //! limit and name ([`PlanHeaders`]). Per response only the numbers are formatted: small ones come
-//! from a table built once, the `RateLimit` value is written on the stack, so a decorated response
-//! costs one allocation per dynamic number at most.
+//! from a table built once; larger ones and the `RateLimit` value (written on the stack) are cut
+//! from the worker's value buffer (`values.rs`), so a decorated response allocates nothing.
 
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 
 use crate::limit::{CONCURRENT, Decision, Plan};
+use crate::values::{self, decimal};
 
 pub static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
@@ -113,22 +114,9 @@ impl Decorator {
                     len += part.len();
                 }
             }
-            if let Ok(v) = HeaderValue::from_bytes(&buf[..len]) {
+            if let Some(v) = values::header_value(&buf[..len]) {
                 headers.insert(RATELIMIT.clone(), v);
             }
-        }
-    }
-}
-
-/// `n` in decimal, written into the end of `buf`.
-fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[at..];
         }
     }
 }
@@ -136,7 +124,7 @@ fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 /// Numbers below this come from a table built once (a clone shares it); larger ones are formatted.
 const SMALL: u64 = 4096;
 
-/// A header value for `n`, without allocating when it is small.
+/// A header value for `n`: a clone from the table when it is small, else cut from the value buffer.
 fn number(n: u64) -> HeaderValue {
     static TABLE: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
     if n < SMALL {
@@ -145,7 +133,7 @@ fn number(n: u64) -> HeaderValue {
             return v.clone();
         }
     }
-    HeaderValue::from(n)
+    values::number(n)
 }
 
 /// A header value for `n`, reusing the last one this thread built when `n` is the same: for the
@@ -212,16 +200,4 @@ pub fn policy_header(plan: &Plan) -> Option<HeaderValue> {
         return None;
     }
     HeaderValue::from_str(&parts.join(", ")).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::decimal;
-
-    #[test]
-    fn decimal_writes_every_width() {
-        for n in [0, 7, 10, 99, 4095, 1_000_000_007, u64::MAX] {
-            assert_eq!(decimal(n, &mut [0; 20]), n.to_string().as_bytes());
-        }
-    }
 }

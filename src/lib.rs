@@ -17,8 +17,8 @@
 //!
 //! A module may use only modules listed before it (`tests/architecture.rs` holds this). The
 //! foundations come first (`conn`, `route`'s vocabulary, `metrics`, `bounded`: the budgets every
-//! in-memory cache is held to), then the stages in request
-//! order, then the config (`config` reads it, `snapshot` compiles it, the only reader of a
+//! in-memory cache is held to, `values`: per-request header values cut from a per-thread buffer),
+//! then the stages in request order, then the config (`config` reads it, `snapshot` compiles it, the only reader of a
 //! `Config`), the orchestrator (`proxy`), and what runs it: `admin` (the admin port), `reload`
 //! (swaps snapshots), `server` (accept loop, connections), `app` (the composition root), `demo`, and `cli`
 //! (the operator's `top` and `limits` commands, which talk to a running tiergate's admin port).
@@ -28,6 +28,7 @@ pub mod conn;
 pub mod route;
 pub mod metrics;
 pub mod bounded;
+pub mod values;
 pub mod identity;
 pub mod limit;
 pub mod wire;

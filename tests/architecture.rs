@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 /// process shell) and `lib.rs` (the module list) may name anything.
 const FLOW: &[&str] = &[
     // What one connection knows; the vocabulary of route classes; the metrics every stage reports to;
-    // the entries-and-bytes budgets every in-memory cache is held to.
-    "conn", "route", "metrics", "bounded", //
+    // the entries-and-bytes budgets every in-memory cache is held to; per-request header values.
+    "conn", "route", "metrics", "bounded", "values", //
     // The stages, in request order (classify happens before identify, but the two share nothing).
     "identity", "limit", "wire", "upstream", "body", "forward", "headers", "error", "access", "top", //
     // Config: schema and reader, TLS key loading, the compiled snapshot.
