@@ -66,7 +66,15 @@ pub struct Conn {
 struct Scratch {
     write: Vec<u8>,
     spans: Vec<Span>,
+    /// The last response head's header names, as sent and as parsed, by position. An upstream sends
+    /// the same names in the same order response after response, so a connection parses each name
+    /// once, not once per response. Only the first [`NAMES_KEPT`] names, of at most [`NAME_KEPT`] bytes.
+    names: Vec<(Vec<u8>, HeaderName)>,
 }
+
+/// How many header names, and how long a name, a connection keeps parsed (see [`Scratch::names`]).
+const NAMES_KEPT: usize = 32;
+const NAME_KEPT: usize = 64;
 
 /// Where one header's name and value sit in a response head: byte offsets from its start.
 #[derive(Clone, Copy)]
@@ -116,7 +124,7 @@ impl Conn {
     pub async fn read_head(mut self, method: &Method) -> Result<(response::Parts, ResponseBody), WireError> {
         loop {
             let parts = loop {
-                match parse_head(&mut self.read, &mut self.scratch.spans)? {
+                match parse_head(&mut self.read, &mut self.scratch)? {
                     Some(head) => break head,
                     None if self.read.len() >= MAX_HEAD => return Err(WireError::Malformed("response head too large")),
                     None => {
@@ -149,10 +157,11 @@ impl Conn {
     }
 }
 
-/// One complete head off the front of `buf`, or `None` while it is incomplete. `spans` is scratch
-/// space the connection keeps (cleared here), so no request pays for zeroing room for
-/// [`MAX_HEADERS`] offsets.
-fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Span>) -> Result<Option<response::Parts>, WireError> {
+/// One complete head off the front of `buf`, or `None` while it is incomplete. `scratch` is space
+/// the connection keeps: the offsets (cleared here, so no request pays for zeroing room for
+/// [`MAX_HEADERS`] of them) and the names the last head had.
+fn parse_head(buf: &mut BytesMut, scratch: &mut Scratch) -> Result<Option<response::Parts>, WireError> {
+    let Scratch { spans, names, .. } = scratch;
     let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
@@ -174,8 +183,22 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Span>) -> Result<Option<respon
     }));
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(spans.len() + 16);
-    for &Span { name: (n0, n1), value: (v0, v1) } in spans.iter() {
-        let name = HeaderName::from_bytes(&head[n0..n1]).map_err(|_| WireError::Malformed("bad header name"))?;
+    for (i, &Span { name: (n0, n1), value: (v0, v1) }) in spans.iter().enumerate() {
+        let sent = &head[n0..n1];
+        let name = match names.get(i) {
+            Some((seen, name)) if seen.as_slice() == sent => name.clone(),
+            _ => {
+                let name = HeaderName::from_bytes(sent).map_err(|_| WireError::Malformed("bad header name"))?;
+                if sent.len() <= NAME_KEPT {
+                    if let Some(slot) = names.get_mut(i) {
+                        *slot = (sent.to_vec(), name.clone());
+                    } else if i == names.len() && i < NAMES_KEPT {
+                        names.push((sent.to_vec(), name.clone()));
+                    }
+                }
+                name
+            }
+        };
         let value =
             HeaderValue::from_maybe_shared(head.slice(v0..v1)).map_err(|_| WireError::Malformed("bad header value"))?;
         headers.append(name, value);

@@ -39,6 +39,19 @@ fn script(path: &str) -> (&'static [u8], bool) {
         "/garbage" => (b"HTTP/1.1 two hundred\r\n\r\n", false),
         "/cut" => (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", true),
         "/keep-close" => (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", false),
+        // Heads whose names change from one response to the next on one connection (a connection
+        // keeps the last head's names parsed, by position: `src/wire.rs`).
+        "/names-a" => (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nX-One: 1\r\nX-Two: 2\r\n\r\na", false),
+        "/names-b" => (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nX-Uno: 1\r\nx-two: 2\r\nX-Three: 3\r\n\r\nb", false),
+        "/names-c" => (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nc", false),
+        "/names-long-a" => (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nX-Aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa: 1\r\n\r\nA",
+            false,
+        ),
+        "/names-long-b" => (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nX-Bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb: 1\r\n\r\nB",
+            false,
+        ),
         // `/len`, asked with HEAD: the length of a body that is not sent.
         _ => (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false),
     }
@@ -113,6 +126,36 @@ async fn every_framing_is_read_and_only_reusable_connections_are_reused() {
     assert_ne!(reply.header("content-length"), Some("3"), "the conflicting length is dropped");
     assert_eq!(get(&gate.url("/len"), &[]).await.body, "hello");
     assert_eq!(accepted.load(Ordering::SeqCst), 4, "a response with both framings ends its connection");
+}
+
+#[tokio::test]
+async fn each_response_on_a_reused_connection_carries_its_own_header_names() {
+    let (gate, accepted) = gate().await;
+    let long_a = "x-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let long_b = "x-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    // Per path: its body, each name that must be there with its value, and each that must not.
+    type Expect<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a [&'a str]);
+    let expect: [Expect; 5] = [
+        ("/names-a", "a", &[("x-one", "1"), ("x-two", "2")], &["x-uno", "x-three"]),
+        ("/names-b", "b", &[("x-uno", "1"), ("x-two", "2"), ("x-three", "3")], &["x-one"]),
+        ("/names-c", "c", &[], &["x-one", "x-two", "x-uno", "x-three"]),
+        ("/names-long-a", "A", &[(long_a, "1")], &[long_b]),
+        ("/names-long-b", "B", &[(long_b, "1")], &[long_a]),
+    ];
+    // Every order of change: a name replaced at its place, a different case, more names, fewer,
+    // none, a name longer than a connection keeps, and back again.
+    for i in [0, 1, 0, 2, 1, 1, 3, 4, 3, 0, 4, 2, 0] {
+        let (path, body, present, absent) = expect[i];
+        let reply = get(&gate.url(path), &[]).await;
+        assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, body), "{path}");
+        for (name, value) in present {
+            assert_eq!(reply.header(name), Some(*value), "{path}: {name}");
+        }
+        for name in absent {
+            assert!(reply.header(name).is_none(), "{path}: {name} is not in this response");
+        }
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "all on one upstream connection");
 }
 
 #[tokio::test]
