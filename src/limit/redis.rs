@@ -29,6 +29,9 @@ use std::collections::{HashMap, HashSet};
 /// slot, with a seeded fast hasher rather than SipHash.
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 type Set<T> = HashSet<T, foldhash::fast::RandomState>;
+/// A concurrency lease's Redis key, shared by the lease book, the caller's idle slots and each of
+/// the caller's leases (a reference count, not a copy of the key per request).
+type LeaseKey = Arc<str>;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -175,17 +178,17 @@ pub struct RedisStore {
 /// Leases this replica holds, for renewal: in flight, and (quota batching) idle in the pool, kept
 /// for the caller's next request; releases go to a background task.
 struct LeaseBook {
-    live: Mutex<Map<String, Set<String>>>,
+    live: Mutex<Map<LeaseKey, Set<String>>>,
     /// Caller → its idle slots (quota batching). Keyed by the caller, not the lease key, so a
     /// request takes a pooled slot without formatting the key.
     idle: Mutex<Map<IdentityKey, Idle>>,
-    release: mpsc::UnboundedSender<(String, String)>,
+    release: mpsc::UnboundedSender<(LeaseKey, String)>,
     time_offset_ms: Arc<AtomicI64>,
 }
 
 /// One caller's idle slots: their lease key, and each member with when it went idle (store clock, ms).
 struct Idle {
-    key: String,
+    key: LeaseKey,
     members: Vec<(String, u64)>,
 }
 
@@ -196,8 +199,8 @@ impl LeaseBook {
 
     /// Parks a slot idle for the caller's next request, unless this replica already holds `cap`
     /// slots of the caller (in flight and idle), in which case it is released.
-    fn park(&self, identity: &IdentityKey, key: String, member: String, cap: u64) {
-        let held = self.live.lock().map_or(u64::MAX, |live| live.get(&key).map_or(0, |s| s.len() as u64));
+    fn park(&self, identity: &IdentityKey, key: LeaseKey, member: String, cap: u64) {
+        let held = self.live.lock().map_or(u64::MAX, |live| live.get(&*key).map_or(0, |s| s.len() as u64));
         if held > cap {
             return self.release(key, member);
         }
@@ -212,13 +215,13 @@ impl LeaseBook {
         }
     }
 
-    fn release(&self, key: String, member: String) {
+    fn release(&self, key: LeaseKey, member: String) {
         if let Ok(mut live) = self.live.lock()
-            && let Some(set) = live.get_mut(&key)
+            && let Some(set) = live.get_mut(&*key)
         {
             set.remove(&member);
             if set.is_empty() {
-                live.remove(&key);
+                live.remove(&*key);
             }
         }
         let _ = self.release.send((key, member));
@@ -231,7 +234,7 @@ impl LeaseBook {
 pub struct RedisLease {
     book: LeaseBookHandle,
     identity: IdentityKey,
-    key: String,
+    key: LeaseKey,
     member: String,
     /// Quota batching: park the slot idle when it ends while this replica holds at most this many
     /// of the caller's slots; 0: release it.
@@ -275,7 +278,7 @@ impl std::fmt::Debug for LeaseBookHandle {
 
 impl Drop for RedisLease {
     fn drop(&mut self) {
-        let (key, member) = (std::mem::take(&mut self.key), std::mem::take(&mut self.member));
+        let (key, member) = (Arc::clone(&self.key), std::mem::take(&mut self.member));
         if self.pool_cap > 0 {
             self.book.0.park(&self.identity, key, member, self.pool_cap);
         } else {
@@ -424,13 +427,13 @@ impl RedisStore {
             key.push_str(&w.name);
             inv.arg(key.as_str());
         }
-        let lease_key = cap.map(|_| {
+        let lease_key: Option<LeaseKey> = cap.map(|_| {
             key.truncate(base);
             key.push_str(crate::limit::CONCURRENT);
-            key
+            LeaseKey::from(key)
         });
         if let Some(k) = &lease_key {
-            inv.arg(k.as_str());
+            inv.arg(&**k);
         }
         let member = format!("{:016x}-{}", self.instance, self.member_seq.fetch_add(1, Ordering::Relaxed));
         let alg = algorithm_code(plan.algorithm);
@@ -491,7 +494,7 @@ impl RedisStore {
             && let Some(key) = lease_key
         {
             if let Ok(mut live) = self.leases.live.lock() {
-                let set = live.entry(key.clone()).or_default();
+                let set = live.entry(Arc::clone(&key)).or_default();
                 set.insert(member.clone());
                 for j in 1..=granted.slots {
                     set.insert(format!("{member}.{j}"));
@@ -517,7 +520,7 @@ impl RedisStore {
         let (key, member) = {
             let mut idle = self.leases.idle.lock().ok()?;
             let slots = idle.get_mut(identity)?;
-            (slots.key.clone(), slots.members.pop()?.0)
+            (Arc::clone(&slots.key), slots.members.pop()?.0)
         };
         Some(super::Lease::Redis(RedisLease {
             book: LeaseBookHandle(Arc::clone(&self.leases)),
@@ -537,7 +540,7 @@ impl RedisStore {
                 slots.members.retain(|(member, since)| {
                     let keep = !all && now.saturating_sub(*since) < ttl_ms;
                     if !keep {
-                        freed.push((slots.key.clone(), member.clone()));
+                        freed.push((Arc::clone(&slots.key), member.clone()));
                     }
                     keep
                 });
@@ -554,7 +557,7 @@ impl RedisStore {
     /// Slots this replica holds for `identity` (in flight and parked).
     pub fn held_slots(&self, identity: &IdentityKey) -> u64 {
         let key = self.key(identity, crate::limit::CONCURRENT);
-        self.leases.live.lock().map_or(0, |live| live.get(&key).map_or(0, |s| s.len() as u64))
+        self.leases.live.lock().map_or(0, |live| live.get(key.as_str()).map_or(0, |s| s.len() as u64))
     }
 
     /// Gives unspent reserved units back to their windows: one call for everything on one Redis,
@@ -631,10 +634,10 @@ const RELEASES_IN_FLIGHT: usize = 64;
 const BATCH_KEEP: usize = 1_024;
 
 /// Removes released leases, batching whatever has queued up: one ZREM per key.
-async fn release_task(conn: Arc<ArcSwapOption<Conn>>, mut releases: mpsc::UnboundedReceiver<(String, String)>) {
+async fn release_task(conn: Arc<ArcSwapOption<Conn>>, mut releases: mpsc::UnboundedReceiver<(LeaseKey, String)>) {
     use futures_util::StreamExt;
     let calls = metrics::counter!(crate::metrics::STORAGE_CALLS, "op" => "release");
-    let mut batch: Map<String, Vec<String>> = Map::default();
+    let mut batch: Map<LeaseKey, Vec<String>> = Map::default();
     while let Some((key, member)) = releases.recv().await {
         batch.entry(key).or_default().push(member);
         while let Ok((key, member)) = releases.try_recv() {
@@ -648,11 +651,11 @@ async fn release_task(conn: Arc<ArcSwapOption<Conn>>, mut releases: mpsc::Unboun
             let (mut c, calls) = ((*c).clone(), calls.clone());
             async move {
                 let mut cmd = redis::cmd("ZREM");
-                cmd.arg(&key).arg(&members);
+                cmd.arg(&*key).arg(&members);
                 calls.increment(1);
                 let released = tokio::time::timeout(Duration::from_secs(1), c.query::<i64>(&cmd)).await;
                 if !matches!(released, Ok(Ok(_))) {
-                    tracing::debug!(key, "lease release failed; it will expire by its TTL");
+                    tracing::debug!(key = &*key, "lease release failed; it will expire by its TTL");
                 }
             }
         });
@@ -674,7 +677,7 @@ async fn renew_task(
     loop {
         tick.tick().await;
         let Some(book) = book.upgrade() else { break };
-        let live: Vec<(String, Vec<String>)> = match book.live.lock() {
+        let live: Vec<(LeaseKey, Vec<String>)> = match book.live.lock() {
             Ok(live) => live.iter().map(|(k, v)| (k.clone(), v.iter().cloned().collect())).collect(),
             Err(_) => continue,
         };
@@ -682,11 +685,11 @@ async fn renew_task(
         let Some(c) = conn.load_full() else { continue };
         let mut c = (*c).clone();
         for (key, members) in live {
-            let mut inv = script.key(&key);
+            let mut inv = script.key(&*key);
             inv.arg(offset.load(Ordering::Relaxed)).arg(ttl_ms).arg(&members);
             calls.increment(1);
             if !matches!(tokio::time::timeout(Duration::from_secs(1), c.invoke::<i64>(&inv)).await, Ok(Ok(_))) {
-                tracing::debug!(key, "lease renewal failed");
+                tracing::debug!(key = &*key, "lease renewal failed");
             }
         }
     }
