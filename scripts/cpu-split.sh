@@ -10,6 +10,8 @@
 # only the calls per request count there, not the time).
 #
 # Usage: scripts/cpu-split.sh [SECS=10 [CONNS=64]]
+#   STORE=redis-batch: tiergate on the Redis store with quota_batch = QUOTA_BATCH (100) instead of the
+#   memory store (a private redis-server on core 1), to split the batched path's CPU the same way.
 # Needs: wrk, nginx, curl, taskset, a release build (built if missing); strace is optional.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +26,18 @@ use_free_ports
 trap bench_cleanup EXIT
 start_upstream
 sleep 0.5
-write_bench_config 100000 -e 's#^access = .*#access = "none"#'
+store=${STORE:-memory}
+if [ "$store" = redis-batch ]; then
+  command -v redis-server >/dev/null || { echo "missing redis-server" >&2; exit 1; }
+  start_redis "$redis_port"
+  write_bench_config 100000 -e 's#^access = .*#access = "none"#' -e "$(redis_storage "$redis_port" "${QUOTA_BATCH:-100}")"
+  label="tiergate batch=${QUOTA_BATCH:-100}"
+elif [ "$store" = memory ]; then
+  write_bench_config 100000 -e 's#^access = .*#access = "none"#'
+  label="tiergate memory"
+else
+  echo "STORE is memory or redis-batch" >&2; exit 64
+fi
 start_tiergate
 start_nginx_limit_req
 hz=$(getconf CLK_TCK)
@@ -64,12 +77,12 @@ nginx_worker=$(cat "$work/proxy-worker.pid")
 echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), wrk -t1 -c$conns, ${secs} s per proxy"
 printf '%-22s %10s %12s %12s %12s\n' "proxy" "requests" "user µs/req" "sys µs/req" "total µs/req"
 for round in 1 2; do
-  split_row "tiergate memory ($round)" "$tiergate_port" "$tiergate_pid"
+  split_row "$label ($round)" "$tiergate_port" "$tiergate_pid"
   split_row "nginx limit_req ($round)" "$peer_port" "$nginx_worker"
 done
 if command -v strace >/dev/null; then
   echo
   echo "system calls per request (strace -c, 3 s each; calls made less than once per 20 requests left out):"
-  syscall_row "tiergate memory" "$tiergate_port" "$tiergate_pid"
+  syscall_row "$label" "$tiergate_port" "$tiergate_pid"
   syscall_row "nginx limit_req" "$peer_port" "$nginx_worker"
 fi
