@@ -361,8 +361,8 @@ enum Phase {
     Off,
 }
 
-/// How much of a header line is kept (lowercased) to recognise the framing headers and read a
-/// `Content-Length` value.
+/// How much of a header line is kept (as sent: names are compared ignoring ASCII case) to recognise
+/// the framing headers and read a `Content-Length` value.
 const LINE_KEEP: usize = 64;
 
 /// Follows HTTP/1.1 framing; reports heads that carry both `Content-Length` and `Transfer-Encoding`.
@@ -472,8 +472,8 @@ impl FramingSniffer {
         }
         if self.phase == Phase::Head {
             let keep = (LINE_KEEP - self.line_len).min(seg.len());
-            for (to, from) in self.line[self.line_len..self.line_len + keep].iter_mut().zip(seg) {
-                *to = from.to_ascii_lowercase();
+            if let (Some(to), Some(from)) = (self.line.get_mut(self.line_len..self.line_len + keep), seg.get(..keep)) {
+                to.copy_from_slice(from);
             }
             self.line_len += keep;
         }
@@ -529,7 +529,7 @@ impl FramingSniffer {
             (Phase::Head, b'\n') => self.head_line_end(),
             (Phase::Head, _) => {
                 if self.line_len < LINE_KEEP {
-                    self.line[self.line_len] = b.to_ascii_lowercase();
+                    self.line[self.line_len] = b;
                     self.line_len += 1;
                 }
                 self.line_total += 1;
@@ -549,13 +549,13 @@ impl FramingSniffer {
         let line = &self.line[..line_len];
         if !self.seen_request_line {
             self.seen_request_line = true;
-            if line.starts_with(b"pri * http/2.0") {
+            if starts_with_ignoring_case(line, b"pri * http/2.0") {
                 // The h2c preface: nothing to sniff on this connection, ever.
                 self.phase = Phase::Off;
             }
             return None;
         }
-        if let Some(value) = line.strip_prefix(b"content-length:") {
+        if let Some(value) = strip_prefix_ignoring_case(line, b"content-length:") {
             let complete = line_total <= LINE_KEEP;
             let parsed = if complete { parse_content_length(value) } else { Err(()) };
             self.content_length = match (self.content_length, parsed) {
@@ -563,7 +563,7 @@ impl FramingSniffer {
                 (Some(Ok(a)), Ok(b)) if a == b => Some(Ok(a)),
                 _ => Some(Err(())),
             };
-        } else if line.starts_with(b"transfer-encoding:") {
+        } else if starts_with_ignoring_case(line, b"transfer-encoding:") {
             self.transfer_encoding = true;
         }
         None
@@ -586,6 +586,16 @@ impl FramingSniffer {
         };
         None
     }
+}
+
+/// `line` after `prefix` (given in lower case), the case of `line`'s letters aside.
+fn strip_prefix_ignoring_case<'a>(line: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
+    let (start, rest) = line.split_at_checked(prefix.len())?;
+    start.eq_ignore_ascii_case(prefix).then_some(rest)
+}
+
+fn starts_with_ignoring_case(line: &[u8], prefix: &[u8]) -> bool {
+    strip_prefix_ignoring_case(line, prefix).is_some()
 }
 
 /// A `Content-Length` value as hyper reads it: digits, optionally a comma list of equal values.
@@ -667,6 +677,17 @@ mod tests {
         for split in 0..head.len() {
             assert_eq!(feed_split(head, split).0, Some(1), "split at {split}");
         }
+        // Names are matched whatever the case of their letters, on the line-at-a-time path and on
+        // the byte-by-byte one (a CR inside the line).
+        for head in [
+            &b"POST /x HTTP/1.1\r\nCONTENT-LENGTH: 5\r\ntransfer-ENCODING: chunked\r\n\r\n"[..],
+            b"POST /x HTTP/1.1\r\ncontent-length: 5\r\nTRANSFER-ENCODING: \rchunked\r\n\r\n",
+        ] {
+            assert_eq!(FramingSniffer::default().feed(head), Some(1), "{}", String::from_utf8_lossy(head));
+        }
+        let mut s = FramingSniffer::default();
+        s.feed(b"POST /x HTTP/1.1\r\ncOnTeNt-LeNgTh: 5\r\n\r\n");
+        assert_eq!(s.phase, super::Phase::Body(5), "the length is read after a mixed-case name");
         // A header value that merely mentions the other name does not count.
         let mut s = FramingSniffer::default();
         assert_eq!(s.feed(b"GET / HTTP/1.1\r\nX-Note: content-length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"), None);
