@@ -18,7 +18,11 @@
 //!   thread; one idle past [`IDLE_TIMEOUT`] is closed (when it is next looked at, or by [`Pool::sweep`]);
 //! - **retry on a stale connection:** when a reused connection turns out closed before the request
 //!   was written (the upstream closed it while idle), the request goes out on another connection.
-//!   A request already written is never sent twice;
+//!   A request already written is sent again only when it is idempotent (RFC 9110 §9.2.2), went
+//!   out on a reused connection, and that connection closed without a byte of answer: the upstream
+//!   closed it while idle just as the request went out (its keep-alive timeout racing the request;
+//!   nginx retries the same way). It goes once more, on a new connection. Anything else, a `POST`
+//!   above all, is never sent twice;
 //! - a connection whose response was not read to its end, or that was upgraded, is never reused.
 //!
 //! The request's URI must be in origin form (`/path?query`) with a `Host` header; where it goes is
@@ -203,24 +207,26 @@ where
     ) -> Result<Response<UpstreamBody<B>>, SendError> {
         // Reused connections first; a write that fails on one means the upstream closed it while
         // it was idle, and the request never got through: it goes out on the next.
-        let conn = loop {
+        let (conn, reused) = loop {
             match self.inner.checkout(to, true) {
                 Some(Idle { conn: Conn::Wire(mut conn), .. }) => {
                     if conn.write_head(&parts).await.is_ok() {
-                        break conn;
+                        break (conn, true);
                     }
                 }
                 Some(_) => {}
-                None => {
-                    // Boxed: connecting is rare and its future large.
-                    let io = Box::pin(self.connect_tcp(to)).await?;
-                    let mut conn = wire::Conn::new(io);
-                    conn.write_head(&parts).await.map_err(|e| SendError::Wire(e.into()))?;
-                    break conn;
-                }
+                None => break (Box::pin(self.connect_wire(to, &parts)).await?, false),
             }
         };
-        let (head, body) = conn.read_head(&parts.method).await.map_err(SendError::Wire)?;
+        let (head, body) = match conn.read_head(&parts.method).await {
+            Ok(answer) => answer,
+            Err(wire::WireError::Unanswered) if reused && parts.method.is_idempotent() => {
+                tracing::debug!(method = %parts.method, "a reused upstream connection closed without answering; sent again on a new one");
+                let conn = Box::pin(self.connect_wire(to, &parts)).await?;
+                conn.read_head(&parts.method).await.map_err(SendError::Wire)?
+            }
+            Err(e) => return Err(SendError::Wire(e)),
+        };
         let back =
             WireBack { pool: Arc::clone(&self.inner), scheme: to.scheme.clone(), authority: to.authority.clone() };
         let mut body = UpstreamBody { kind: Kind::Wire(body, Some(back)), reusable: true };
@@ -270,6 +276,14 @@ where
         let mut connector = self.inner.connector.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx)).await.map_err(SendError::Connect)?;
         connector.call(uri).await.map_err(SendError::Connect)
+    }
+
+    /// A new wire connection to `to` with the request head of `parts` written on it. Called boxed:
+    /// connecting is rare and its future large.
+    async fn connect_wire(&self, to: Target<'_>, parts: &http::request::Parts) -> Result<wire::Conn, SendError> {
+        let mut conn = wire::Conn::new(self.connect_tcp(to).await?);
+        conn.write_head(parts).await.map_err(|e| SendError::Wire(e.into()))?;
+        Ok(conn)
     }
 
     /// A plain TCP connection (the connector's: resolution, connect timeout, `TCP_NODELAY`, keepalive).

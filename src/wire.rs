@@ -48,6 +48,11 @@ pub enum WireError {
     Io(#[from] io::Error),
     #[error("the upstream closed the connection before the response was complete")]
     Closed,
+    /// Closed or reset before a byte of the response came. On a reused connection that is the
+    /// upstream closing it while idle, just as the request went out (`upstream.rs` retries such a
+    /// request once, on a new connection, when its method is idempotent).
+    #[error("the upstream closed the connection without answering")]
+    Unanswered,
     #[error("malformed response from the upstream: {0}")]
     Malformed(&'static str),
 }
@@ -122,6 +127,8 @@ impl Conn {
     /// Reads the response head (skipping interim `1xx` ones) to a request of `method`. The body
     /// follows in [`ResponseBody`].
     pub async fn read_head(mut self, method: &Method) -> Result<(response::Parts, ResponseBody), WireError> {
+        // Whether any byte of the answer has come (an interim head counts).
+        let mut answered = !self.read.is_empty();
         loop {
             let parts = loop {
                 match parse_head(&mut self.read, &mut self.scratch)? {
@@ -129,8 +136,22 @@ impl Conn {
                     None if self.read.len() >= MAX_HEAD => return Err(WireError::Malformed("response head too large")),
                     None => {
                         self.read.reserve(READ_SIZE);
-                        if self.io.read_buf(&mut self.read).await? == 0 {
-                            return Err(WireError::Closed);
+                        match self.io.read_buf(&mut self.read).await {
+                            Ok(0) if !answered => return Err(WireError::Unanswered),
+                            Ok(0) => return Err(WireError::Closed),
+                            Ok(_) => answered = true,
+                            Err(e)
+                                if !answered
+                                    && matches!(
+                                        e.kind(),
+                                        io::ErrorKind::ConnectionReset
+                                            | io::ErrorKind::ConnectionAborted
+                                            | io::ErrorKind::BrokenPipe
+                                    ) =>
+                            {
+                                return Err(WireError::Unanswered);
+                            }
+                            Err(e) => return Err(e.into()),
                         }
                     }
                 }

@@ -38,6 +38,7 @@ fn script(path: &str) -> (&'static [u8], bool) {
         "/no-content" => (b"HTTP/1.1 204 No Content\r\n\r\n", false),
         "/garbage" => (b"HTTP/1.1 two hundred\r\n\r\n", false),
         "/cut" => (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", true),
+        "/vanish" => (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh", false),
         "/keep-close" => (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", false),
         // Heads whose names change from one response to the next on one connection (a connection
         // keeps the last head's names parsed, by position: `src/wire.rs`).
@@ -69,10 +70,15 @@ async fn scripted_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
             count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                loop {
+                for served in 0usize.. {
                     let Some(head) = read_head(&mut s, &mut buf).await else { return };
                     let method = head.split(' ').next().unwrap_or("GET").to_string();
                     let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                    // `/vanish` on a connection that already served a request: closed unanswered,
+                    // as an upstream whose keep-alive timeout fires just as the request arrives.
+                    if path == "/vanish" && served > 0 {
+                        return;
+                    }
                     let (mut answer, close) = script(&path);
                     if method == "HEAD" {
                         answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
@@ -182,4 +188,28 @@ async fn malformed_answers_are_502_or_a_cut_body_and_their_connection_is_dropped
     let before = accepted.load(Ordering::SeqCst);
     assert_eq!(get(&gate.url("/len"), &[]).await.body, "hello");
     assert_eq!(accepted.load(Ordering::SeqCst), before + 1, "a broken body's connection is not reused");
+}
+
+/// The keep-alive race: a reused connection the upstream closes without answering. An idempotent
+/// request goes once more, on a new connection, and succeeds; a `POST` is never sent twice.
+#[tokio::test]
+async fn an_idempotent_request_on_a_connection_closed_unanswered_goes_again_on_a_new_one() {
+    let (gate, accepted) = gate().await;
+    assert_eq!(get(&gate.url("/len"), &[]).await.body, "hello");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    for method in ["GET", "HEAD", "DELETE"] {
+        let before = accepted.load(Ordering::SeqCst);
+        let reply = send(&client(), request(method, &gate.url("/vanish"), &[], bytes::Bytes::new())).await;
+        assert_eq!(reply.status.as_u16(), 200, "{method}: {}", reply.body);
+        if method == "GET" {
+            assert_eq!(reply.body, "fresh");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), before + 1, "{method}: sent again on one new connection");
+    }
+    // Not idempotent: the upstream may have acted on it, so the client gets the 502.
+    let before = accepted.load(Ordering::SeqCst);
+    let reply = send(&client(), request("POST", &gate.url("/vanish"), &[], bytes::Bytes::new())).await;
+    assert_eq!(reply.status.as_u16(), 502, "{}", reply.body);
+    assert_eq!(accepted.load(Ordering::SeqCst), before, "a POST is not sent again");
+    assert_eq!(get(&gate.url("/len"), &[]).await.body, "hello", "and the next request gets a new connection");
 }
