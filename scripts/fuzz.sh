@@ -36,7 +36,11 @@ for t in "${targets[@]}"; do
   mkdir -p "fuzz/corpus/$t"
   rm -rf "fuzz/artifacts/$t"
   echo "fuzz.sh: $t for ${seconds}s"
-  cargo +nightly fuzz run --fuzz-dir fuzz --sanitizer none --debug-assertions "${profile[@]}" "$t" "fuzz/corpus/$t" -- \
+  # Committed seeds (fuzz/seeds/TARGET), when a target has them, start it past what random bytes
+  # take minutes to find; new inputs go to fuzz/corpus/TARGET only.
+  corpora=("fuzz/corpus/$t")
+  [ -d "fuzz/seeds/$t" ] && corpora+=("fuzz/seeds/$t")
+  cargo +nightly fuzz run --fuzz-dir fuzz --sanitizer none --debug-assertions "${profile[@]}" "$t" "${corpora[@]}" -- \
     -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1 2>&1 |
     grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|==|thread|SUMMARY)|panicked|Done' || true
   # cargo fuzz exits non-zero on a crash; the pipeline above hides it, so check for artifacts.
