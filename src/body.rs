@@ -55,6 +55,13 @@ impl RequestBody {
     }
 }
 
+/// An empty body: what a request sent again with no body carries (`upstream.rs`).
+impl Default for RequestBody {
+    fn default() -> RequestBody {
+        RequestBody::empty()
+    }
+}
+
 impl Body for RequestBody {
     type Data = Bytes;
     type Error = BoxError;

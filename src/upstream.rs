@@ -21,8 +21,9 @@
 //!   A request already written is sent again only when it is idempotent (RFC 9110 §9.2.2), went
 //!   out on a reused connection, and that connection closed without a byte of answer: the upstream
 //!   closed it while idle just as the request went out (its keep-alive timeout racing the request;
-//!   nginx retries the same way). It goes once more, on a new connection. Anything else, a `POST`
-//!   above all, is never sent twice;
+//!   nginx retries the same way). It goes once more, on a new connection, on either kind of
+//!   connection (for hyper's, a copy of the head is kept when a connection is reused). Anything
+//!   else, a `POST` above all, is never sent twice;
 //! - a connection whose response was not read to its end, or that was upgraded, is never reused.
 //!
 //! The request's URI must be in origin form (`/path?query`) with a `Host` header; where it goes is
@@ -180,9 +181,60 @@ fn wire_eligible<B: Body>(to: Target<'_>, req: &Request<B>) -> bool {
         && !req.headers().contains_key(header::UPGRADE)
 }
 
+/// A bodiless request's head, kept to send it again (`Pool::send_hyper`).
+struct Again {
+    method: Method,
+    uri: Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+}
+
+impl Again {
+    fn of<B>(req: &Request<B>) -> Again {
+        Again {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+        }
+    }
+
+    fn request<B: Default>(self) -> Request<B> {
+        let mut req = Request::new(B::default());
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers;
+        req
+    }
+}
+
+/// hyper's error for a request already written when its connection closed, or was reset, before
+/// the response came: the upstream closing an idle keep-alive connection as the request went out.
+fn closed_unanswered(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    // TLS: the upstream closed without close_notify.
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = s.source();
+    }
+    false
+}
+
 impl<B> Pool<B>
 where
-    B: Body + Send + Unpin + 'static,
+    B: Body + Default + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -236,13 +288,29 @@ where
 
     async fn send_hyper(&self, to: Target<'_>, mut req: Request<B>) -> Result<Response<UpstreamBody<B>>, SendError> {
         // Reused connections first; each one found closed before the request went out is skipped.
+        // What a bodiless idempotent request needs to go again, should a reused connection close
+        // without answering it (as on the wire path): taken once a connection is reused.
+        let mut again: Option<Again> = None;
         while let Some(mut idle) = self.inner.checkout(to, false) {
             let Conn::Hyper(tx) = &mut idle.conn else { continue };
+            if again.is_none() && req.body().is_end_stream() && req.method().is_idempotent() {
+                again = Some(Again::of(&req));
+            }
             match tx.try_send_request(req).await {
                 Ok(resp) => return Ok(hyper_response(resp, Pooled { idle, pool: Arc::clone(&self.inner) })),
                 Err(mut e) => match e.take_message() {
                     Some(back) => req = back,
-                    None => return Err(SendError::Http(e.into_error())),
+                    None => {
+                        let e = e.into_error();
+                        match again.take() {
+                            Some(copy) if closed_unanswered(&e) => {
+                                tracing::debug!(error = %e, "a reused upstream connection closed without answering; sent again on a new one");
+                                req = copy.request();
+                                break;
+                            }
+                            _ => return Err(SendError::Http(e)),
+                        }
+                    }
                 },
             }
         }

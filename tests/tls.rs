@@ -220,3 +220,63 @@ async fn a_head_hyper_refuses_over_tls_gets_the_decorated_answer() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The keep-alive race on an `https://` upstream (hyper's connections, not the wire path): a reused
+/// connection closed without answering, with TLS's close_notify and without. An idempotent request
+/// with no body goes once more on a new connection; a `POST` is never sent twice.
+#[tokio::test]
+async fn over_tls_an_idempotent_request_on_a_connection_closed_unanswered_goes_again() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let acceptor = fixture_acceptor(&[b"http/1.1"]);
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            count.fetch_add(1, Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut s) = acceptor.accept(tcp).await else { return };
+                let mut buf = Vec::new();
+                for served in 0usize.. {
+                    let Some(head) = read_head(&mut s, &mut buf).await else { return };
+                    let method = head.split(' ').next().unwrap_or("GET").to_string();
+                    let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                    if path.starts_with("/vanish") && served > 0 {
+                        if path == "/vanish" {
+                            let _ = s.shutdown().await; // close_notify, then FIN
+                        }
+                        return; // `/vanish-rude`: dropped, no close_notify
+                    }
+                    let answer: &[u8] = if method == "HEAD" {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh"
+                    };
+                    if s.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let config = format!("{SERVER}{IDENTITY}{TIERS}")
+        .replace("[server]\n", &format!("[server]\nupstream_ca_file = \"{}\"\n", fixture("tls_ca.pem")));
+    let gate = Gate::start_with_upstream(&config, &format!("https://localhost:{}", addr.port()), addr).await;
+    assert_eq!(get(&gate.url("/first"), &[]).await.body, "fresh");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    for (method, path) in [("GET", "/vanish"), ("GET", "/vanish-rude"), ("HEAD", "/vanish"), ("DELETE", "/vanish-rude")]
+    {
+        let before = accepted.load(Ordering::SeqCst);
+        let reply = send(&client(), request(method, &gate.url(path), &[], Bytes::new())).await;
+        assert_eq!(reply.status.as_u16(), 200, "{method} {path}: {}", reply.body);
+        assert_eq!(accepted.load(Ordering::SeqCst), before + 1, "{method} {path}: sent again on one new connection");
+    }
+    let before = accepted.load(Ordering::SeqCst);
+    let reply = send(&client(), request("POST", &gate.url("/vanish"), &[], Bytes::new())).await;
+    assert_eq!(reply.status.as_u16(), 502, "{}", reply.body);
+    assert_eq!(accepted.load(Ordering::SeqCst), before, "a POST is not sent again");
+}

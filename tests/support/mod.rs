@@ -411,7 +411,7 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (String, boo
 
 /// Reads one request head (up to the blank line) from a scripted upstream's socket, keeping what
 /// follows it in `buf` for the next call. `None` when the peer closed or the read failed.
-pub async fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+pub async fn read_head(s: &mut (impl tokio::io::AsyncRead + Unpin), buf: &mut Vec<u8>) -> Option<String> {
     let mut chunk = [0u8; 4096];
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
