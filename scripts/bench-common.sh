@@ -127,8 +127,10 @@ start_redis() {
 
 # nginx as the rate-limiting proxy on 127.0.0.1:$peer_port (core 0): limit_req with a rate high
 # enough never to refuse, upstream keep-alive. Its master's pid goes to $work/proxy.pid, its worker's
-# to $work/proxy-worker.pid.
+# to $work/proxy-worker.pid. Arg (optional): a file of nginx directives included in its location
+# (bench.sh's nginx-headers target: add_header lines).
 start_nginx_limit_req() {
+  local include=${1:+include $1;}
   cat > "$work/proxy.conf" <<CONF
 worker_processes 1; daemon off; pid $work/proxy.nginxpid; error_log $work/proxy.err;
 events { worker_connections 4096; }
@@ -137,7 +139,7 @@ http { access_log off;
   upstream app { server 127.0.0.1:$upstream_port; keepalive 64; }
   server { listen 127.0.0.1:$peer_port; keepalive_requests 1000000;
     location / { limit_req zone=perip burst=1000000 nodelay;
-      proxy_http_version 1.1; proxy_set_header Connection ""; proxy_pass http://app; } } }
+      proxy_http_version 1.1; proxy_set_header Connection ""; proxy_pass http://app; $include } } }
 CONF
   taskset -c 0 nginx -c "$work/proxy.conf" -p "$work" & echo $! > "$work/proxy.pid"
   sleep 0.5

@@ -4,6 +4,8 @@
 #
 #   direct                 wrk straight to the upstream (the floor: no proxy)
 #   nginx                  nginx limit_req (one worker)
+#   nginx-headers          the same, adding the response headers tiergate adds (the security headers
+#                          and the rate-limit headers, as read from a tiergate response at the start)
 #   haproxy                HAProxy, a stick table tracking each source's request rate (one thread)
 #   envoy                  Envoy local_ratelimit with its X-RateLimit headers (--concurrency 1)
 #   traefik                Traefik rateLimit middleware (GOMAXPROCS=1)
@@ -15,7 +17,8 @@
 #   floor                  examples/floor_proxy.rs: the floor under any tokio proxy hop (heads passed
 #                          through as bytes, no header map, nothing added or limited; not a proxy)
 #
-# The two --workers 2 rows and floor are not in the default set (run them with --only): on two cores
+# The two --workers 2 rows, floor and nginx-headers are not in the default set (run them with
+# --only): on two cores
 # the --workers 2 proxy shares core 1 with wrk and the upstream, so only their CPU per request compares,
 # with each other.
 #
@@ -43,7 +46,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 all_targets="direct nginx haproxy envoy traefik tiergate-memory tiergate-redis tiergate-redis-batch"
-extra_targets="tiergate-2w-tpc tiergate-2w-ws floor"   # --only
+extra_targets="tiergate-2w-tpc tiergate-2w-ws floor nginx-headers"   # --only
 usage() { sed -n '/^# Usage:/,/^# Needs:/p' "$0" | sed 's/^# \{0,1\}//' | sed '$d'; echo "Targets: $all_targets"; }
 
 secs=${SECS:-} conns=${CONNS:-32} batch=${QUOTA_BATCH:-20} only="" quick=0 rate=${RATE:-}
@@ -143,10 +146,20 @@ if [ "$needs_redis" = 1 ]; then start_redis "$redis_port" || { echo "redis-serve
 write_bench_config 100000
 start_tiergate || { echo "tiergate did not start:"; cat "$work/tiergate.err"; exit 1; }
 curl -s -D - -o /dev/null "http://127.0.0.1:$tiergate_port/api/items" | tr -d '\r' |
+  tee "$work/tiergate-head" |
   grep -viE '^(http/|content-length|content-type|date|connection|server|x-ratelimit-|ratelimit)' | grep ': ' > "$work/security-headers" || true
+grep -iE '^(x-ratelimit-|ratelimit)' "$work/tiergate-head" > "$work/ratelimit-headers" || true
 stop_pid tiergate
 # Each security header as NAME<tab>VALUE with VALUE escaped for a double-quoted string.
 security_header_pairs() { sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/: /\t/' "$work/security-headers"; }
+
+# nginx limit_req adding every header tiergate added to the response read above (security and
+# rate-limit headers, the latter with that response's values): what nginx costs for the same bytes.
+start_nginx_headers() {
+  sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/: /\t/' "$work/security-headers" "$work/ratelimit-headers" |
+    while IFS=$'\t' read -r name value; do printf 'add_header %s "%s" always;\n' "$name" "$value"; done > "$work/nginx-adds.conf"
+  start_nginx_limit_req "$work/nginx-adds.conf"
+}
 
 # HAProxy on $peer_port (core 0, one thread): a stick table of each source's request rate over 60 s,
 # refusing above 10^9 (never), X-RateLimit-* / RateLimit headers computed from it, the security headers.
@@ -290,6 +303,7 @@ label_of() {
   case $1 in
     direct) echo "direct to upstream" ;;
     nginx) echo "nginx limit_req" ;;
+    nginx-headers) echo "nginx + tiergate's headers" ;;
     haproxy) echo "HAProxy stick table" ;;
     envoy) echo "Envoy local_ratelimit" ;;
     traefik) echo "Traefik rateLimit" ;;
@@ -315,6 +329,7 @@ run_target() {
   case $t in
     direct) port=$upstream_port ;;
     nginx) start_nginx_limit_req ;;
+    nginx-headers) start_nginx_headers ;;
     haproxy) start_haproxy ;;
     envoy) start_envoy ;;
     traefik) start_traefik ;;
@@ -332,7 +347,7 @@ run_target() {
         start_tiergate_with -e 's#^backend = .*#backend = "memory"#' || true ;;
   esac
   case $t in
-    nginx) pid=$(cat "$work/proxy-worker.pid") ;;
+    nginx|nginx-headers) pid=$(cat "$work/proxy-worker.pid") ;;
     haproxy|envoy|traefik|floor) pid=$(cat "$work/proxy.pid") ;;
     tiergate-*) pid=$tiergate_pid port=$tiergate_port log=tiergate.err ;;
   esac
