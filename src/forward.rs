@@ -304,21 +304,28 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue) {
 /// A unique request id: a per-process random prefix and a counter, as 32 hex digits.
 pub fn request_id() -> HeaderValue {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let prefix = *PREFIX.get_or_init(|| {
+    // The prefix's 16 digits, written once per process.
+    static PREFIX: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
+    let prefix = PREFIX.get_or_init(|| {
         use std::hash::{BuildHasher, Hasher};
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
-        h.finish()
+        hex16(h.finish())
     });
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut buf = [0u8; 32];
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, byte) in prefix.to_be_bytes().iter().chain(n.to_be_bytes().iter()).enumerate() {
-        buf[2 * i] = HEX[(byte >> 4) as usize];
-        buf[2 * i + 1] = HEX[(byte & 15) as usize];
-    }
+    buf[..16].copy_from_slice(prefix);
+    buf[16..].copy_from_slice(&hex16(COUNTER.fetch_add(1, Ordering::Relaxed)));
     crate::values::header_value(&buf).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// `n` as 16 lower-case hex digits, most significant first.
+fn hex16(n: u64) -> [u8; 16] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 16];
+    for (i, digit) in out.iter_mut().enumerate() {
+        *digit = HEX[((n >> (60 - 4 * i)) & 15) as usize];
+    }
+    out
 }
 
 #[cfg(test)]
@@ -355,5 +362,11 @@ mod tests {
         let b = request_id();
         assert_ne!(a, b);
         assert_eq!(a.len(), 32);
+        let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+        assert!(a.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)), "{a}");
+        assert_eq!(a[..16], b[..16], "one prefix per process");
+        let (na, nb) = (u64::from_str_radix(&a[16..], 16).unwrap(), u64::from_str_radix(&b[16..], 16).unwrap());
+        assert!(nb > na, "then a counter: {a} {b}");
+        assert_eq!(super::hex16(0x0123_4567_89ab_cdef), *b"0123456789abcdef");
     }
 }
