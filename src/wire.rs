@@ -130,7 +130,7 @@ impl Conn {
         // Whether any byte of the answer has come (an interim head counts).
         let mut answered = !self.read.is_empty();
         loop {
-            let parts = loop {
+            let (mut parts, facts) = loop {
                 match parse_head(&mut self.read, &mut self.scratch)? {
                     Some(head) => break head,
                     None if self.read.len() >= MAX_HEAD => return Err(WireError::Malformed("response head too large")),
@@ -162,8 +162,7 @@ impl Conn {
                 }
                 continue; // 100 Continue, 103 Early Hints: the final answer follows
             }
-            let mut parts = parts;
-            let (state, reusable) = framing(&mut parts, method)?;
+            let (state, reusable) = framing(&mut parts, facts, method)?;
             let body = ResponseBody { conn: Some(self), state, reusable };
             return Ok((parts, body));
         }
@@ -181,7 +180,7 @@ impl Conn {
 /// One complete head off the front of `buf`, or `None` while it is incomplete. `scratch` is space
 /// the connection keeps: the offsets (cleared here, so no request pays for zeroing room for
 /// [`MAX_HEADERS`] of them) and the names the last head had.
-fn parse_head(buf: &mut BytesMut, scratch: &mut Scratch) -> Result<Option<response::Parts>, WireError> {
+fn parse_head(buf: &mut BytesMut, scratch: &mut Scratch) -> Result<Option<(response::Parts, Facts)>, WireError> {
     let Scratch { spans, names, .. } = scratch;
     let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
@@ -204,6 +203,7 @@ fn parse_head(buf: &mut BytesMut, scratch: &mut Scratch) -> Result<Option<respon
     }));
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(spans.len() + 16);
+    let mut facts = Facts::default();
     for (i, &Span { name: (n0, n1), value: (v0, v1) }) in spans.iter().enumerate() {
         let sent = &head[n0..n1];
         let name = match names.get(i) {
@@ -222,50 +222,97 @@ fn parse_head(buf: &mut BytesMut, scratch: &mut Scratch) -> Result<Option<respon
         };
         let value =
             HeaderValue::from_maybe_shared(head.slice(v0..v1)).map_err(|_| WireError::Malformed("bad header value"))?;
+        facts.note(&name, value.as_bytes());
         headers.append(name, value);
     }
     let mut parts = response::Response::new(()).into_parts().0;
     parts.status = status;
     parts.version = version;
     parts.headers = headers;
-    Ok(Some(parts))
+    Ok(Some((parts, facts)))
+}
+
+/// What a response head's framing headers say, gathered as its headers are parsed, so that
+/// [`framing`] looks none of them up in the map again. Each is read as `http`'s `to_str` would
+/// have it: a value with other than visible ASCII (or tab) in it lists no token.
+struct Facts {
+    /// A `Connection` value lists `close`.
+    close: bool,
+    /// `Transfer-Encoding` was sent; `Some(true)` when its last value's last coding is `chunked`.
+    chunked: Option<bool>,
+    /// `Content-Length` was sent.
+    has_length: bool,
+    /// The length its values agree on, or why they do not (the first fault met, in order).
+    length: Result<Option<u64>, &'static str>,
+}
+
+impl Default for Facts {
+    fn default() -> Self {
+        Facts { close: false, chunked: None, has_length: false, length: Ok(None) }
+    }
+}
+
+impl Facts {
+    fn note(&mut self, name: &HeaderName, value: &[u8]) {
+        if *name == header::CONTENT_LENGTH {
+            self.has_length = true;
+            if let Ok(seen) = self.length {
+                self.length = content_length(value, seen);
+            }
+        } else if *name == header::TRANSFER_ENCODING {
+            self.chunked = Some(
+                visible(value)
+                    && value
+                        .rsplit(|&b| b == b',')
+                        .next()
+                        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked")),
+            );
+        } else if *name == header::CONNECTION {
+            self.close |=
+                visible(value) && value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+        }
+    }
+}
+
+/// Visible ASCII and tab only: what `HeaderValue::to_str` accepts.
+fn visible(value: &[u8]) -> bool {
+    value.iter().all(|&b| b == b'\t' || (32..127).contains(&b))
+}
+
+/// One `Content-Length` value (a comma list of equal lengths allowed) after the lengths `seen` so far.
+fn content_length(value: &[u8], mut seen: Option<u64>) -> Result<Option<u64>, &'static str> {
+    if !visible(value) {
+        return Err("bad Content-Length");
+    }
+    for part in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+            return Err("bad Content-Length");
+        }
+        let n = part.iter().try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')));
+        let n = n.ok_or("bad Content-Length")?;
+        if seen.is_some_and(|l| l != n) {
+            return Err("conflicting Content-Length values");
+        }
+        seen = Some(n);
+    }
+    Ok(seen)
 }
 
 /// How the body of this response is framed, and whether the connection may be reused after it.
 /// `Content-Length` is dropped from a response that also says `Transfer-Encoding` (RFC 9112 §6.3).
-fn framing(parts: &mut response::Parts, method: &Method) -> Result<(State, bool), WireError> {
-    let h = &parts.headers;
-    let mut reusable = parts.version == Version::HTTP_11 && !has_token(h, header::CONNECTION, "close");
+fn framing(parts: &mut response::Parts, facts: Facts, method: &Method) -> Result<(State, bool), WireError> {
+    let mut reusable = parts.version == Version::HTTP_11 && !facts.close;
     if *method == Method::HEAD || parts.status == StatusCode::NO_CONTENT || parts.status == StatusCode::NOT_MODIFIED {
         return Ok((State::Done, reusable));
     }
-    if h.contains_key(header::TRANSFER_ENCODING) {
-        let chunked = h
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-        if parts.headers.remove(header::CONTENT_LENGTH).is_some() {
+    if let Some(chunked) = facts.chunked {
+        if facts.has_length {
+            parts.headers.remove(header::CONTENT_LENGTH);
             reusable = false;
         }
         return Ok(if chunked { (State::Chunk(Chunk::Size), reusable) } else { (State::Close, false) });
     }
-    let mut length: Option<u64> = None;
-    for value in h.get_all(header::CONTENT_LENGTH) {
-        let text = value.to_str().map_err(|_| WireError::Malformed("bad Content-Length"))?;
-        for part in text.split(',').map(str::trim) {
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(WireError::Malformed("bad Content-Length"));
-            }
-            let n: u64 = part.parse().map_err(|_| WireError::Malformed("bad Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(WireError::Malformed("conflicting Content-Length values"));
-            }
-            length = Some(n);
-        }
-    }
+    let length = facts.length.map_err(WireError::Malformed)?;
     Ok(match length {
         Some(0) => (State::Done, reusable),
         Some(n) => (State::Length(n), reusable),
@@ -416,5 +463,54 @@ impl ResponseBody {
                 return Poll::Ready(Some(Err(WireError::Closed)));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::header::{self, HeaderName};
+
+    use super::{Facts, content_length};
+
+    fn facts(headers: &[(HeaderName, &[u8])]) -> Facts {
+        let mut f = Facts::default();
+        for (name, value) in headers {
+            f.note(name, value);
+        }
+        f
+    }
+
+    #[test]
+    fn content_length_values_read_as_one_length_or_a_fault() {
+        assert_eq!(content_length(b"5", None), Ok(Some(5)));
+        assert_eq!(content_length(b" 5 ,5", None), Ok(Some(5)), "a comma list of equal lengths");
+        assert_eq!(content_length(b"007", None), Ok(Some(7)));
+        assert_eq!(content_length(b"18446744073709551615", None), Ok(Some(u64::MAX)));
+        assert_eq!(content_length(b"5", Some(6)), Err("conflicting Content-Length values"));
+        for bad in [&b""[..], b"+5", b"5,", b"5 6", b"0x5", b"18446744073709551616", b"5\xff"] {
+            assert_eq!(content_length(bad, None), Err("bad Content-Length"), "{}", String::from_utf8_lossy(bad));
+        }
+        // The first fault met stays, whatever follows.
+        let f = facts(&[(header::CONTENT_LENGTH, b"x"), (header::CONTENT_LENGTH, b"5")]);
+        assert_eq!((f.has_length, f.length), (true, Err("bad Content-Length")));
+        let f = facts(&[(header::CONTENT_LENGTH, b"5"), (header::CONTENT_LENGTH, b"5")]);
+        assert_eq!(f.length, Ok(Some(5)));
+    }
+
+    #[test]
+    fn connection_and_transfer_encoding_tokens_are_read_as_to_str_would() {
+        assert!(facts(&[(header::CONNECTION, b"keep-alive, Close")]).close);
+        assert!(facts(&[(header::CONNECTION, b"keep-alive"), (header::CONNECTION, b" close ")]).close);
+        assert!(!facts(&[(header::CONNECTION, b"closed, keep-alive")]).close);
+        assert!(!facts(&[(header::CONNECTION, b"close, \xe9")]).close, "not visible ASCII: no tokens");
+        assert_eq!(facts(&[(header::TRANSFER_ENCODING, b"gzip, Chunked")]).chunked, Some(true));
+        assert_eq!(facts(&[(header::TRANSFER_ENCODING, b"chunked, gzip")]).chunked, Some(false));
+        assert_eq!(
+            facts(&[(header::TRANSFER_ENCODING, b"chunked"), (header::TRANSFER_ENCODING, b"gzip")]).chunked,
+            Some(false),
+            "the last value decides"
+        );
+        assert_eq!(facts(&[(header::TRANSFER_ENCODING, b"chunked\xe9")]).chunked, Some(false));
+        assert_eq!(facts(&[(header::CONTENT_TYPE, b"text/plain")]).chunked, None);
     }
 }
