@@ -218,14 +218,7 @@ fn closed_unanswered(e: &hyper::Error) -> bool {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-                    // TLS: the upstream closed without close_notify.
-                    | std::io::ErrorKind::UnexpectedEof
-            );
+            return wire::closed_by_peer(io.kind());
         }
         source = s.source();
     }

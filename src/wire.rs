@@ -140,17 +140,7 @@ impl Conn {
                             Ok(0) if !answered => return Err(WireError::Unanswered),
                             Ok(0) => return Err(WireError::Closed),
                             Ok(_) => answered = true,
-                            Err(e)
-                                if !answered
-                                    && matches!(
-                                        e.kind(),
-                                        io::ErrorKind::ConnectionReset
-                                            | io::ErrorKind::ConnectionAborted
-                                            | io::ErrorKind::BrokenPipe
-                                    ) =>
-                            {
-                                return Err(WireError::Unanswered);
-                            }
+                            Err(e) if !answered && closed_by_peer(e.kind()) => return Err(WireError::Unanswered),
                             Err(e) => return Err(e.into()),
                         }
                     }
@@ -268,8 +258,7 @@ impl Facts {
                         .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked")),
             );
         } else if *name == header::CONNECTION {
-            self.close |=
-                visible(value) && value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            self.close |= lists_token(value, b"close");
         }
     }
 }
@@ -323,12 +312,25 @@ fn framing(parts: &mut response::Parts, facts: Facts, method: &Method) -> Result
 /// Does any of `name`'s values list `token` (comma-separated, compared without regard to case)?
 /// `Connection: close`, `Connection: upgrade` and the like.
 pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+    headers.get_all(name).iter().any(|v| lists_token(v.as_bytes(), token.as_bytes()))
+}
+
+/// Whether a comma-separated header value lists `token` (ASCII case aside). A value with other
+/// than visible ASCII (or tab) in it lists none, as `HeaderValue::to_str` would refuse it.
+fn lists_token(value: &[u8], token: &[u8]) -> bool {
+    visible(value) && value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Whether an I/O error is the peer closing or resetting the connection (for TLS: closing it
+/// without close_notify), rather than a local fault.
+pub fn closed_by_peer(kind: io::ErrorKind) -> bool {
+    matches!(
+        kind,
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
+    )
 }
 
 enum State {
