@@ -169,6 +169,156 @@ pub async fn send(
     }
 }
 
+/// [`send`] for a request whose head [`write_head`] wrote: no body, a plain `http://` upstream.
+pub async fn send_head(
+    client: &UpstreamClient,
+    to: &Upstream<'_>,
+    method: &http::Method,
+    head: &[u8],
+    timeout: Duration,
+) -> Result<Response<UpstreamBody<RequestBody>>, ForwardError> {
+    let target = Target { scheme: to.scheme, authority: to.authority };
+    match tokio::time::timeout(timeout, client.send_head(target, method, head)).await {
+        Err(_) => Err(ForwardError::Timeout),
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) => Err(ForwardError::classify(e)),
+    }
+}
+
+/// The identity headers tiergate sends the upstream (none on an exempt route).
+pub struct Added {
+    pub user: Option<HeaderValue>,
+    pub tier: Option<HeaderValue>,
+}
+
+/// The names the identity headers go under; a client's own headers of these names are dropped.
+#[derive(Clone, Copy)]
+pub struct Names<'a> {
+    pub user_id: &'a HeaderName,
+    pub tier: &'a HeaderName,
+}
+
+/// What [`write_head`] does with one of the client's headers.
+enum Copy {
+    As,
+    Drop,
+    ForwardedFor,
+    ForwardedProto,
+    RequestId,
+}
+
+/// A client header's name (as sent, any case) as [`write_head`] treats it.
+fn copy_of(name: &str, names: Names<'_>) -> Copy {
+    if name.eq_ignore_ascii_case(names.user_id.as_str()) || name.eq_ignore_ascii_case(names.tier.as_str()) {
+        return Copy::Drop;
+    }
+    // Lower-cased on the stack, for one `match`; the longest name below has 19 bytes.
+    let mut lower = [0u8; 20];
+    let Some(buf) = lower.get_mut(..name.len()) else { return Copy::As };
+    buf.copy_from_slice(name.as_bytes());
+    buf.make_ascii_lowercase();
+    match &*buf {
+        b"connection"
+        | b"keep-alive"
+        | b"proxy-connection"
+        | b"proxy-authenticate"
+        | b"proxy-authorization"
+        | b"te"
+        | b"trailer"
+        | b"transfer-encoding"
+        | b"upgrade" => Copy::Drop,
+        b"x-forwarded-for" => Copy::ForwardedFor,
+        b"x-forwarded-proto" => Copy::ForwardedProto,
+        b"x-request-id" => Copy::RequestId,
+        _ => Copy::As,
+    }
+}
+
+/// Writes the upstream request head for a client's head taken as it was sent (`h1.rs`'s requests:
+/// no body, one `Host`, and a `Connection` header naming nothing but `keep-alive` or `close`), doing
+/// what [`prepare`] does to a request's parts: hop-by-hop headers and the client's identity headers
+/// left out, `X-Forwarded-For` appended to, `X-Forwarded-Proto` set (kept from a trusted peer),
+/// `X-Request-Id` kept or given (`request_id`, when the access log chose one: it replaces the
+/// client's), and the identity headers `added`. Names go out as the client sent them.
+#[allow(clippy::too_many_arguments)]
+pub fn write_head(
+    out: &mut Vec<u8>,
+    method: &http::Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &[httparse::Header<'_>],
+    to: &Upstream<'_>,
+    names: Names<'_>,
+    added: &Added,
+    request_id: Option<&HeaderValue>,
+) {
+    out.clear();
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    if let Some(q) = query {
+        out.push(b'?');
+        out.extend_from_slice(q.as_bytes());
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let line = |out: &mut Vec<u8>, name: &[u8], value: &[u8]| {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    };
+    // `X-Forwarded-For`: every value the client sent that is visible ASCII, then the peer.
+    let mut xff = Vec::new();
+    let mut proto_kept = false;
+    let mut id_sent = false;
+    for h in headers {
+        match copy_of(h.name, names) {
+            Copy::As => line(out, h.name.as_bytes(), h.value),
+            Copy::Drop => {}
+            Copy::ForwardedFor => {
+                if h.value.iter().all(|&b| b == b'\t' || (32..127).contains(&b)) {
+                    if !xff.is_empty() {
+                        xff.extend_from_slice(b", ");
+                    }
+                    xff.extend_from_slice(h.value);
+                }
+            }
+            Copy::ForwardedProto if to.trusted_peer => {
+                proto_kept = true;
+                line(out, h.name.as_bytes(), h.value);
+            }
+            Copy::ForwardedProto => {}
+            Copy::RequestId if request_id.is_none() => {
+                id_sent = true;
+                line(out, h.name.as_bytes(), h.value);
+            }
+            Copy::RequestId => {}
+        }
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if !xff.is_empty() {
+        out.extend_from_slice(&xff);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(to.client_ip_value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if !proto_kept {
+        line(out, b"x-forwarded-proto", to.proto.as_bytes());
+    }
+    match request_id {
+        Some(id) => line(out, b"x-request-id", id.as_bytes()),
+        None if !id_sent => line(out, b"x-request-id", request_id_bytes(&mut [0; 32])),
+        None => {}
+    }
+    if let Some(user) = &added.user {
+        line(out, names.user_id.as_str().as_bytes(), user.as_bytes());
+    }
+    if let Some(tier) = &added.tier {
+        line(out, names.tier.as_str().as_bytes(), tier.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Is this an HTTP/1.1 upgrade request (e.g. WebSocket) that should be passed through?
 pub fn is_upgrade(req: &Request<Incoming>) -> bool {
     req.version() == Version::HTTP_11
@@ -303,6 +453,11 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue) {
 
 /// A unique request id: a per-process random prefix and a counter, as 32 hex digits.
 pub fn request_id() -> HeaderValue {
+    crate::values::header_value(request_id_bytes(&mut [0; 32])).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// [`request_id`]'s digits, written into `buf`.
+fn request_id_bytes(buf: &mut [u8; 32]) -> &[u8] {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     // The prefix's 16 digits, written once per process.
     static PREFIX: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
@@ -312,10 +467,9 @@ pub fn request_id() -> HeaderValue {
         h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
         hex16(h.finish())
     });
-    let mut buf = [0u8; 32];
     buf[..16].copy_from_slice(prefix);
     buf[16..].copy_from_slice(&hex16(COUNTER.fetch_add(1, Ordering::Relaxed)));
-    crate::values::header_value(&buf).unwrap_or(HeaderValue::from_static("0"))
+    &buf[..]
 }
 
 /// `n` as 16 lower-case hex digits, most significant first.

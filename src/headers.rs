@@ -82,24 +82,32 @@ impl Decorator {
 
     /// The rate-limit headers for the binding window of `decision`.
     pub fn rate_limit(&self, headers: &mut HeaderMap, plan: &PlanHeaders, decision: &Decision) {
-        let Some(b) = decision.binding else { return };
+        for (name, value) in self.rate_limit_values(plan, decision).into_iter().flatten() {
+            headers.insert(name.clone(), value);
+        }
+    }
+
+    /// The rate-limit headers for the binding window of `decision`, as name and value.
+    fn rate_limit_values(&self, plan: &PlanHeaders, decision: &Decision) -> RateLimitValues {
+        let mut out: RateLimitValues = Default::default();
+        let Some(b) = decision.binding else { return out };
         let window = match b.window {
             Some(i) => plan.windows.get(i),
             None => plan.concurrent.as_ref(),
         };
-        let Some(window) = window else { return };
+        let Some(window) = window else { return out };
         let reset_secs = b.reset_ms.div_ceil(1000);
         if self.legacy {
             // The binding window's limit is the plan's, except when a reload changed it mid-flight.
             let limit = if window.limit == b.limit { window.limit_value.clone() } else { number(b.limit) };
-            headers.insert(X_RATELIMIT_LIMIT.clone(), limit);
-            headers.insert(X_RATELIMIT_REMAINING.clone(), number(b.remaining));
-            headers.insert(X_RATELIMIT_RESET.clone(), recent_number(reset_secs));
-            headers.insert(X_RATELIMIT_WINDOW.clone(), window.name.clone());
+            out[0] = Some((&X_RATELIMIT_LIMIT, limit));
+            out[1] = Some((&X_RATELIMIT_REMAINING, number(b.remaining)));
+            out[2] = Some((&X_RATELIMIT_RESET, recent_number(reset_secs)));
+            out[3] = Some((&X_RATELIMIT_WINDOW, window.name.clone()));
         }
         if self.ietf {
             if let Some(p) = &plan.policy {
-                headers.insert(RATELIMIT_POLICY.clone(), p.clone());
+                out[4] = Some((&RATELIMIT_POLICY, p.clone()));
             }
             let t = b.reset_ms.saturating_sub(decision.now_ms).div_ceil(1000);
             // `"name";r=R;t=T`, written on the stack (a window name is at most 64 bytes, each
@@ -115,8 +123,56 @@ impl Decorator {
                 }
             }
             if let Some(v) = values::header_value(&buf[..len]) {
-                headers.insert(RATELIMIT.clone(), v);
+                out[5] = Some((&RATELIMIT, v));
             }
+        }
+        out
+    }
+
+    /// What decorating a response adds, for a writer that writes the head as bytes (`h1.rs`)
+    /// instead of inserting into its map: the same headers [`Self::security`] and
+    /// [`Self::rate_limit`] would give it. `rate`: the tier's plan headers and the decision, when
+    /// the request was limited.
+    pub fn decoration(&self, rate: Option<(&PlanHeaders, &Decision)>) -> Decoration<'_> {
+        Decoration {
+            security: &self.security,
+            rate: rate.map(|(plan, decision)| self.rate_limit_values(plan, decision)).unwrap_or_default(),
+        }
+    }
+}
+
+/// The rate-limit headers a response gets, each at most once.
+type RateLimitValues = [Option<(&'static HeaderName, HeaderValue)>; 6];
+
+/// A response's decoration, to be written with its head: see [`Decorator::decoration`].
+pub struct Decoration<'a> {
+    security: &'a [(HeaderName, HeaderValue)],
+    rate: RateLimitValues,
+}
+
+impl Decoration<'_> {
+    /// Whether a response header of this name is replaced by the decoration (a rate-limit header
+    /// tiergate sets): the response's own is then left out.
+    pub fn replaces(&self, name: &HeaderName) -> bool {
+        self.rate.iter().flatten().any(|(n, _)| *n == name)
+    }
+
+    /// Which security header this is, if any: a response's own value of it wins over the decoration's.
+    pub fn security_index(&self, name: &HeaderName) -> Option<usize> {
+        self.security.iter().position(|(n, _)| n == name)
+    }
+
+    /// Every header the decoration adds, given the security headers the response has (bit `i`:
+    /// [`Self::security_index`] `i`; past 64 of them, looked up in `headers`).
+    pub fn each(&self, present: u64, headers: &HeaderMap, mut f: impl FnMut(&HeaderName, &HeaderValue)) {
+        for (i, (name, value)) in self.security.iter().enumerate() {
+            let has = if i < 64 { present & (1 << i) != 0 } else { headers.contains_key(name) };
+            if !has {
+                f(name, value);
+            }
+        }
+        for (name, value) in self.rate.iter().flatten() {
+            f(name, value);
         }
     }
 }

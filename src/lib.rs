@@ -17,10 +17,13 @@
 //!
 //! A module may use only modules listed before it (`tests/architecture.rs` holds this). The
 //! foundations come first (`conn`, `route`'s vocabulary, `metrics`, `bounded`: the budgets every
-//! in-memory cache is held to, `values`: per-request header values cut from a per-thread buffer),
+//! in-memory cache is held to, `values`: per-request header values cut from a per-thread buffer,
+//! `head`: a request's headers as the stages read them, from hyper's map or a parsed head),
 //! then the stages in request order, then the config (`config` reads it, `snapshot` compiles it, the only reader of a
 //! `Config`), the orchestrator (`proxy`), and what runs it: `admin` (the admin port), `reload`
-//! (swaps snapshots), `server` (accept loop, connections), `app` (the composition root), `demo`, and `cli`
+//! (swaps snapshots), `h1` (tiergate's own HTTP/1.1 connections: plain requests, read and answered
+//! without hyper), `server` (accept loop, connections; hyper's server for everything `h1` hands
+//! it), `app` (the composition root), `demo`, and `cli`
 //! (the operator's `top` and `limits` commands, which talk to a running tiergate's admin port).
 #![forbid(unsafe_code)]
 
@@ -29,6 +32,7 @@ pub mod route;
 pub mod metrics;
 pub mod bounded;
 pub mod values;
+pub mod head;
 pub mod identity;
 pub mod limit;
 pub mod wire;
@@ -45,6 +49,7 @@ pub mod snapshot;
 pub mod proxy;
 pub mod admin;
 pub mod reload;
+pub mod h1;
 pub mod server;
 pub mod app;
 pub mod demo;

@@ -25,6 +25,7 @@ use crate::body::{Guards, InflightGuard, ProxyBody, RequestBody};
 use crate::conn::{ConnActivity, ConnInfo};
 use crate::error::ProxyError;
 use crate::forward::{self, ForwardError, Upstream, UpstreamClient};
+use crate::head::Headers;
 use crate::identity::IdentityKey;
 use crate::identity::{IdentifyError, Identity};
 use crate::limit::{Decision, Limiter};
@@ -66,40 +67,112 @@ struct Ctx {
     upstream: Option<std::time::Duration>,
 }
 
+/// A request head as the client sent it, on tiergate's own HTTP/1.1 path (`h1.rs`): a request
+/// with no body and nothing unusual in its framing (that module decides which). Its headers stay
+/// as parsed, borrowed from the connection's read buffer, and are read in place (`head.rs`).
+pub struct FlatRequest<'a> {
+    pub method: Method,
+    /// The target's path and query (origin form, checked as hyper would accept it).
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a [httparse::Header<'a>],
+    /// The client's first `X-Request-Id`, as sent.
+    pub request_id: Option<&'a [u8]>,
+}
+
+/// A response as the record stage left it, with what its decoration needs when that is written
+/// with its head (`h1.rs`) rather than put in its map.
+pub struct Finished {
+    pub resp: Response<ProxyBody>,
+    snap: Arc<Snapshot>,
+    /// The tier, class and decision of a limited request.
+    rate: Option<(usize, Class, Decision)>,
+}
+
+impl Finished {
+    /// The security and rate-limit headers this response gets (`headers.rs`).
+    pub fn decoration(&self) -> crate::headers::Decoration<'_> {
+        let rate = self.rate.as_ref().map(|(tier, class, d)| (self.snap.tiers[*tier].plan(*class).1, d));
+        self.snap.decorator.decoration(rate)
+    }
+}
+
+/// What the record stage needs from the request's start: when, which snapshot, and the access
+/// line's time and id.
+struct Started {
+    at: Instant,
+    snap: Arc<Snapshot>,
+    /// The wall-clock time only the access line needs.
+    wall: Option<std::time::SystemTime>,
+    /// The request id the access line and the upstream share: the client's, else ours.
+    request_id: Option<http::HeaderValue>,
+}
+
 impl Proxy {
+    /// The request's start: the snapshot it runs under, and with an access log, the time and the
+    /// request id (`client_id`: the client's, when it sent one).
+    fn start(&self, client_id: impl FnOnce() -> Option<http::HeaderValue>) -> Started {
+        let at = Instant::now();
+        let snap = self.snapshot.load_full();
+        let logging = snap.access != AccessMode::None && self.access.is_enabled();
+        Started {
+            at,
+            wall: logging.then(std::time::SystemTime::now),
+            request_id: if logging { Some(client_id().unwrap_or_else(forward::request_id)) } else { None },
+            snap,
+        }
+    }
+
+    /// A request that came through hyper (h2, TLS, a body, an upgrade: whatever `h1.rs` does not
+    /// take).
     pub async fn handle(
         self: Arc<Self>,
         conn: Arc<ConnInfo>,
         req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
-        let started = Instant::now();
-        let snap = self.snapshot.load_full();
-        let logging = snap.access != AccessMode::None && self.access.is_enabled();
-        // The wall-clock time only the access line needs.
-        let wall = logging.then(std::time::SystemTime::now);
         let mut req = req;
-        // The request id the access line and the upstream share: the client's, else ours.
-        let request_id = logging.then(|| {
-            let id = req.headers().get(&forward::X_REQUEST_ID).cloned().unwrap_or_else(forward::request_id);
+        let start = self.start(|| req.headers().get(&forward::X_REQUEST_ID).cloned());
+        if let Some(id) = &start.request_id {
             req.headers_mut().insert(forward::X_REQUEST_ID.clone(), id.clone());
-            id
-        });
+        }
         // For the log line only: cheap clones (standard methods are inline, a Uri shares its bytes).
         let method = req.method().clone();
         let uri = req.uri().clone();
-        let inflight = InflightGuard::new(&snap.metrics.inflight, &conn.activity);
-        let mut ctx = Ctx {
-            tier: None,
-            class: Class::General,
-            outcome: Outcome::Allowed,
-            decision: None,
-            key: None,
-            window: None,
-            path: None,
-            upstream: None,
-        };
+        let inflight = InflightGuard::new(&start.snap.metrics.inflight, &conn.activity);
+        let mut ctx = Ctx::new();
+        let result = self.lifecycle(&start.snap, &conn, req, &mut ctx, inflight).await;
+        Ok(self.finish(start, &conn, result, ctx, method, uri.path(), false).resp)
+    }
 
-        let (mut resp, own) = match self.lifecycle(&snap, &conn, req, &mut ctx, inflight).await {
+    /// A request on tiergate's own HTTP/1.1 path: the same stages, with the upstream request written
+    /// straight from the client's head (`forward::write_head`) into `head`, a buffer the connection
+    /// keeps.
+    /// The response comes undecorated: its writer adds the decoration as it writes the head
+    /// ([`Finished::decoration`]).
+    pub async fn handle_flat(self: &Arc<Self>, conn: &ConnInfo, req: FlatRequest<'_>, head: &mut Vec<u8>) -> Finished {
+        let start = self.start(|| req.request_id.and_then(|v| http::HeaderValue::from_bytes(v).ok()));
+        let inflight = InflightGuard::new(&start.snap.metrics.inflight, &conn.activity);
+        let mut ctx = Ctx::new();
+        let result =
+            self.lifecycle_flat(&start.snap, conn, &req, start.request_id.as_ref(), head, &mut ctx, inflight).await;
+        self.finish(start, conn, result, ctx, req.method.clone(), req.path, true)
+    }
+
+    /// Decorate (in the response's map, unless `flat`), record and log: every response, errors
+    /// included.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        self: &Arc<Self>,
+        start: Started,
+        conn: &ConnInfo,
+        result: Result<Response<ProxyBody>, ProxyError>,
+        mut ctx: Ctx,
+        method: Method,
+        path: &str,
+        flat: bool,
+    ) -> Finished {
+        let Started { at: started, snap, wall, request_id } = start;
+        let (mut resp, own) = match result {
             Ok(resp) => (resp, false),
             Err(err) => {
                 if let Some(outcome) = err.outcome() {
@@ -113,10 +186,12 @@ impl Proxy {
         };
 
         // Decorate: every response, errors included.
-        snap.decorator.security(resp.headers_mut());
-        if let (Some(tier), Some(decision)) = (ctx.tier, &ctx.decision) {
-            let (_, plan_headers) = snap.tiers[tier].plan(ctx.class);
-            snap.decorator.rate_limit(resp.headers_mut(), plan_headers, decision);
+        if !flat {
+            snap.decorator.security(resp.headers_mut());
+            if let (Some(tier), Some(decision)) = (ctx.tier, &ctx.decision) {
+                let (_, plan_headers) = snap.tiers[tier].plan(ctx.class);
+                snap.decorator.rate_limit(resp.headers_mut(), plan_headers, decision);
+            }
         }
 
         // Record.
@@ -128,7 +203,7 @@ impl Proxy {
         // diagnostic line per refusal would be the most expensive thing tiergate does (~14k
         // instructions each, scripts/refusal-cost.sh), so this stays at debug. Refusals are counted
         // in tiergate_requests_total either way.
-        tracing::debug!(%method, path = uri.path(), status, tier, class = ctx.class.as_str(), decision = ctx.outcome.as_str(), peer = %conn.peer, seconds = elapsed.as_secs_f64(), "request");
+        tracing::debug!(%method, path, status, tier, class = ctx.class.as_str(), decision = ctx.outcome.as_str(), peer = %conn.peer, seconds = elapsed.as_secs_f64(), "request");
 
         // The access log: tiergate's own responses at once (their size is known), the upstream's
         // (with `all`) when their body has been sent.
@@ -139,7 +214,7 @@ impl Proxy {
                 wall,
                 request_id,
                 method,
-                path: ctx.path.take().unwrap_or_else(|| uri.path().to_string()),
+                path: ctx.path.take().unwrap_or_else(|| path.to_string()),
                 status,
                 class: ctx.class,
                 tier: Arc::clone(ctx.tier.map_or(&snap.no_tier, |t| &snap.tiers[t].name)),
@@ -152,12 +227,13 @@ impl Proxy {
             match http_body::Body::size_hint(resp.body()).exact() {
                 Some(bytes) if own => entry.write(&self.access, bytes),
                 _ => {
-                    let proxy = Arc::clone(&self);
+                    let proxy = Arc::clone(self);
                     resp.body_mut().on_end(Box::new(move |bytes| entry.write(&proxy.access, bytes)));
                 }
             }
         }
-        Ok(resp)
+        let rate = if flat { ctx.tier.zip(ctx.decision.take()).map(|(tier, d)| (tier, ctx.class, d)) } else { None };
+        Finished { resp, snap, rate }
     }
 
     async fn lifecycle(
@@ -177,7 +253,7 @@ impl Proxy {
             Err(e) => return Err(ProxyError::BadRequest(e.detail())),
         };
         if normalized.as_deref().unwrap_or(req.uri().path()) == QUOTA_PATH && req.method() == Method::GET {
-            return self.quota(snap, conn, req.headers(), ctx).await;
+            return self.quota(snap, conn, req.headers().into(), ctx).await;
         }
         let upgrade = forward::is_upgrade(&req);
         let (mut parts, body) = req.into_parts();
@@ -198,21 +274,10 @@ impl Proxy {
 
         let mut lease = None;
         let mut body = RequestBody::new(body);
-        if route.class == Class::Exempt {
-            ctx.outcome = Outcome::Exempt;
-        } else {
+        if route.class != Class::Exempt {
             // 4. Identify.
-            let identity = match self.identify(snap, conn, &parts.headers).await {
-                Ok(identity) => identity,
-                Err(e) => {
-                    // A 401 is logged under the client's address.
-                    ctx.key = Some(snap.identity.anonymous_key(&parts.headers, conn.peer));
-                    return Err(e);
-                }
-            };
-            ctx.key = Some(identity.key.clone());
+            let identity = self.identify_stage(snap, conn, (&parts.headers).into(), ctx).await?;
             let tier = &snap.tiers[identity.tier];
-            ctx.tier = Some(identity.tier);
 
             // 5. Upload cap: from the headers alone when declared, else by counting the stream.
             if let Some(cap) = tier.upload_cap {
@@ -225,53 +290,145 @@ impl Proxy {
                 }
             }
 
-            // 6. Limit. A fully unlimited plan makes no store call at all.
-            let (plan, _) = tier.plan(route.class);
-            if !plan.is_unlimited() {
-                let fallback = tier.fallback_plan(route.class);
-                let mut decision = self
-                    .limiter
-                    .check(&identity.key, plan, fallback, route.on_error, snap.quota_batch)
-                    .await
-                    .map_err(|_| ProxyError::StorageUnavailable)?;
-                lease = decision.lease.take();
-                if decision.allowed {
-                    self.top.allowed(&identity.key, &tier.name);
-                } else {
-                    self.top.refused(&identity.key, &tier.name);
-                }
-                if !decision.allowed {
-                    let violated = violated_names(plan, &decision);
-                    let retry_after = decision.retry_after_secs();
-                    ctx.decision = Some(decision);
-                    if !route.shadow {
-                        return Err(ProxyError::Limited { tier: tier.name.clone(), violated, retry_after });
-                    }
-                    ctx.outcome = Outcome::ShadowLimited;
-                    tracing::info!(tier = &*tier.name, class = route.class.as_str(), violated = ?violated, "shadow route over its limit; forwarded");
-                } else {
-                    ctx.decision = Some(decision);
-                }
-            }
+            // 6. Limit.
+            lease = self.limit_stage(snap, &identity, route, ctx).await?;
             if let Some(user) = &identity.user_header {
                 parts.headers.insert(snap.user_id_header.clone(), user.clone());
             }
             parts.headers.insert(snap.tier_header.clone(), tier.header.clone());
+        } else {
+            ctx.outcome = Outcome::Exempt;
         }
 
         // 7. Forward.
-        let peer_ip = conn.peer.ip().to_canonical();
-        let target = Upstream {
-            scheme: &snap.upstream_scheme,
-            authority: &snap.upstream_authority,
-            client_ip_value: &conn.peer_ip_value,
-            trusted_peer: snap.identity.rules.trusted_proxies.iter().any(|n| n.contains(&peer_ip)),
-            proto: if conn.tls { "https" } else { "http" },
-            upgrade,
-        };
+        let target = upstream_of(snap, conn, upgrade);
         forward::prepare(&mut parts, &target);
         let upstream_started = Instant::now();
         let sent = forward::send(&self.client, &target, Request::from_parts(parts, body), snap.upstream_timeout).await;
+        let upgrade = upgrade.then_some((&*conn.activity, client_upgrade));
+        self.answer(snap, ctx, upstream_started, sent, Guards { inflight, lease }, upgrade)
+    }
+
+    /// The same stages for a [`FlatRequest`]: it has no body and asks for no upgrade (`h1.rs` hands
+    /// such requests to hyper), and its framing was checked as it was parsed.
+    #[allow(clippy::too_many_arguments)]
+    async fn lifecycle_flat(
+        &self,
+        snap: &Snapshot,
+        conn: &ConnInfo,
+        req: &FlatRequest<'_>,
+        request_id: Option<&http::HeaderValue>,
+        head: &mut Vec<u8>,
+        ctx: &mut Ctx,
+        inflight: InflightGuard,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        // 2. The path.
+        let normalized = match snap.routes.normalize(req.path) {
+            Ok(Cow::Borrowed(_)) => None,
+            Ok(Cow::Owned(path)) => Some(path),
+            Err(e) => return Err(ProxyError::BadRequest(e.detail())),
+        };
+        ctx.path.clone_from(&normalized);
+        let path = normalized.as_deref().unwrap_or(req.path);
+        if path == QUOTA_PATH && req.method == Method::GET {
+            return self.quota(snap, conn, Headers::Parsed(req.headers), ctx).await;
+        }
+        // 3. Classify.
+        let route = snap.routes.classify(&req.method, path);
+        ctx.class = route.class;
+        let mut lease = None;
+        let mut added = forward::Added { user: None, tier: None };
+        if route.class != Class::Exempt {
+            // 4. Identify; 6. limit (no body, so no upload cap).
+            let identity = self.identify_stage(snap, conn, Headers::Parsed(req.headers), ctx).await?;
+            lease = self.limit_stage(snap, &identity, route, ctx).await?;
+            added.user = identity.user_header;
+            added.tier = Some(snap.tiers[identity.tier].header.clone());
+        } else {
+            ctx.outcome = Outcome::Exempt;
+        }
+        // 7. Forward.
+        let target = upstream_of(snap, conn, false);
+        let names = forward::Names { user_id: &snap.user_id_header, tier: &snap.tier_header };
+        forward::write_head(head, &req.method, path, req.query, req.headers, &target, names, &added, request_id);
+        let upstream_started = Instant::now();
+        let sent = forward::send_head(&self.client, &target, &req.method, head, snap.upstream_timeout).await;
+        self.answer(snap, ctx, upstream_started, sent, Guards { inflight, lease }, None)
+    }
+
+    /// Stage 4, identify: the caller's identity and tier, noted for the access log (a 401 under the
+    /// client's address).
+    async fn identify_stage(
+        &self,
+        snap: &Snapshot,
+        conn: &ConnInfo,
+        headers: Headers<'_>,
+        ctx: &mut Ctx,
+    ) -> Result<Identity, ProxyError> {
+        match self.identify(snap, conn, headers).await {
+            Ok(identity) => {
+                ctx.key = Some(identity.key.clone());
+                ctx.tier = Some(identity.tier);
+                Ok(identity)
+            }
+            Err(e) => {
+                ctx.key = Some(snap.identity.anonymous_key(headers, conn.peer));
+                Err(e)
+            }
+        }
+    }
+
+    /// Stage 6, limit: the decision over the tier's plan for the route's class (a fully unlimited plan
+    /// makes no store call at all). Refused: the error, unless the route is in shadow mode.
+    /// Admitted: the concurrency slot's lease, if the plan has a cap.
+    async fn limit_stage(
+        &self,
+        snap: &Snapshot,
+        identity: &Identity,
+        route: &crate::route::Route,
+        ctx: &mut Ctx,
+    ) -> Result<Option<crate::limit::Lease>, ProxyError> {
+        let tier = &snap.tiers[identity.tier];
+        let (plan, _) = tier.plan(route.class);
+        if plan.is_unlimited() {
+            return Ok(None);
+        }
+        let fallback = tier.fallback_plan(route.class);
+        let mut decision = self
+            .limiter
+            .check(&identity.key, plan, fallback, route.on_error, snap.quota_batch)
+            .await
+            .map_err(|_| ProxyError::StorageUnavailable)?;
+        let lease = decision.lease.take();
+        if decision.allowed {
+            self.top.allowed(&identity.key, &tier.name);
+            ctx.decision = Some(decision);
+            return Ok(lease);
+        }
+        self.top.refused(&identity.key, &tier.name);
+        let violated = violated_names(plan, &decision);
+        let retry_after = decision.retry_after_secs();
+        ctx.decision = Some(decision);
+        if !route.shadow {
+            return Err(ProxyError::Limited { tier: tier.name.clone(), violated, retry_after });
+        }
+        ctx.outcome = Outcome::ShadowLimited;
+        tracing::info!(tier = &*tier.name, class = route.class.as_str(), violated = ?violated, "shadow route over its limit; forwarded");
+        Ok(lease)
+    }
+
+    /// Stages 7 and 8: the upstream's answer, cleaned, with the guards riding on its body (or the tunnel); a
+    /// failure mapped to its status. `upgrade`: the request asked for one (its connection, and the
+    /// client side's upgrade when hyper gave one).
+    fn answer(
+        &self,
+        snap: &Snapshot,
+        ctx: &mut Ctx,
+        upstream_started: Instant,
+        sent: Result<Response<crate::upstream::UpstreamBody<RequestBody>>, ForwardError>,
+        guards: Guards,
+        upgrade: Option<(&ConnActivity, Option<OnUpgrade>)>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let upstream_took = upstream_started.elapsed();
         ctx.upstream = Some(upstream_took);
         snap.metrics.upstream_duration.record(upstream_took.as_secs_f64());
@@ -297,26 +454,51 @@ impl Proxy {
         };
 
         // 8. The upstream's answer, cleaned; the guards ride with its body (or the tunnel).
-        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade;
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some();
         forward::strip_hop_by_hop(resp.headers_mut(), switching);
         snap.decorator.strip_upstream(resp.headers_mut());
-        let guards = Guards { inflight, lease };
-        if switching {
-            conn.activity.upgraded();
+        if let Some((activity, client_upgrade)) = upgrade.filter(|_| switching) {
+            activity.upgraded();
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let (parts, upstream_body) = resp.into_parts();
             if let Some(client_upgrade) = client_upgrade {
                 // The connection is the tunnel's now, never reused.
-                let (parts, upstream_body) = resp.into_parts();
                 self.tunnels.spawn(tunnel(client_upgrade, upstream_upgrade, guards, upstream_body));
-                return Ok(Response::from_parts(parts, ProxyBody::empty()));
             }
-            let (parts, _) = resp.into_parts();
             return Ok(Response::from_parts(parts, ProxyBody::empty()));
         }
         let (parts, body) = resp.into_parts();
         let mut body = ProxyBody::upstream(body);
         body.hold(guards);
         Ok(Response::from_parts(parts, body))
+    }
+}
+
+impl Ctx {
+    fn new() -> Ctx {
+        Ctx {
+            tier: None,
+            class: Class::General,
+            outcome: Outcome::Allowed,
+            decision: None,
+            key: None,
+            window: None,
+            path: None,
+            upstream: None,
+        }
+    }
+}
+
+/// Where the request goes and what it says about the client.
+fn upstream_of<'a>(snap: &'a Snapshot, conn: &'a ConnInfo, upgrade: bool) -> Upstream<'a> {
+    let peer_ip = conn.peer.ip().to_canonical();
+    Upstream {
+        scheme: &snap.upstream_scheme,
+        authority: &snap.upstream_authority,
+        client_ip_value: &conn.peer_ip_value,
+        trusted_peer: snap.identity.rules.trusted_proxies.iter().any(|n| n.contains(&peer_ip)),
+        proto: if conn.tls { "https" } else { "http" },
+        upgrade,
     }
 }
 
@@ -342,7 +524,7 @@ impl Proxy {
             status,
             class: Class::General.as_str(),
             tier: &snap.no_tier,
-            key: Some(snap.identity.anonymous_key(&HeaderMap::new(), conn.peer).to_string()),
+            key: Some(snap.identity.anonymous_key((&HeaderMap::new()).into(), conn.peer).to_string()),
             decision: Outcome::BadRequest.as_str(),
             window: None,
             duration_ms: crate::access::millis(took),
@@ -352,7 +534,7 @@ impl Proxy {
     }
 
     /// The caller's identity; with `tier_source = "redis"`, a user's tier comes from Redis when set.
-    async fn identify(&self, snap: &Snapshot, conn: &ConnInfo, headers: &HeaderMap) -> Result<Identity, ProxyError> {
+    async fn identify(&self, snap: &Snapshot, conn: &ConnInfo, headers: Headers<'_>) -> Result<Identity, ProxyError> {
         let mut identity = match snap.identity.identify(headers, conn.peer, true) {
             Ok(identity) => identity,
             // A key rotation at the identity provider: refresh the remote keys (rate-limited), retry once.
@@ -391,7 +573,7 @@ impl Proxy {
         &self,
         snap: &Snapshot,
         conn: &ConnInfo,
-        headers: &HeaderMap,
+        headers: Headers<'_>,
         ctx: &mut Ctx,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         ctx.outcome = Outcome::Exempt;

@@ -1,4 +1,6 @@
-//! Listeners' accept loop and each connection's life: serve it with hyper-util's auto builder
+//! Listeners' accept loop and each connection's life: a plain connection starts on tiergate's own
+//! HTTP/1.1 path (`h1.rs`), which hands it here at the first request it does not take; here it is
+//! served with hyper-util's auto builder
 //! (HTTP/1.1 and h2c on one port, h2/HTTP/1.1 by ALPN over TLS), hand every request to the proxy,
 //! enforce the header-read and idle timeouts, report the heads hyper refuses itself (to the proxy,
 //! which counts and logs them; the connection's stream answers them, `conn.rs`), and close
@@ -19,12 +21,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::conn::{ConnActivity, ConnInfo, SniffedStream};
+use crate::h1;
 use crate::proxy::Proxy;
 
 /// Accepts until `shutdown`, serving each connection as a task in `connections`.
@@ -45,7 +48,7 @@ pub async fn accept_loop(
                 let _ = stream.set_nodelay(true);
                 let (proxy, shutdown) = (Arc::clone(&proxy), shutdown.clone());
                 match &tls {
-                    None => connections.spawn(serve_connection(stream, false, peer, proxy, shutdown)),
+                    None => connections.spawn(serve_plain(stream, peer, proxy, shutdown)),
                     Some(acceptor) => {
                         let acceptor = acceptor.clone();
                         connections.spawn(async move {
@@ -66,6 +69,17 @@ pub async fn accept_loop(
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// A plain connection: tiergate's own HTTP/1.1 path (`h1.rs`) while its requests are ones that
+/// path takes, then hyper's for the rest of its life. An `https://` upstream is hyper's throughout.
+async fn serve_plain(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, shutdown: CancellationToken) {
+    if proxy.snapshot.load().upstream_scheme != http::uri::Scheme::HTTP {
+        return serve_connection(stream, false, peer, proxy, shutdown).await;
+    }
+    if let Some(h1::Handover { stream, read }) = h1::serve(stream, peer, Arc::clone(&proxy), shutdown.clone()).await {
+        serve_connection(h1::Prefixed::new(read.freeze(), stream), false, peer, proxy, shutdown).await;
     }
 }
 

@@ -240,35 +240,48 @@ where
     pub async fn send(&self, to: Target<'_>, req: Request<B>) -> Result<Response<UpstreamBody<B>>, SendError> {
         if wire_eligible(to, &req) {
             let (parts, _) = req.into_parts();
-            return self.send_wire(to, parts).await;
+            return self.send_wire(to, &parts.method, wire::Head::Parts(&parts)).await;
         }
         self.send_hyper(to, req).await
+    }
+
+    /// Sends a bodiless request of `method` whose head is already written out as `head` (origin-form
+    /// target, `Host` set, hop-by-hop headers gone) to a plain `http://` upstream, on a wire
+    /// connection, as [`Pool::send`] would.
+    pub async fn send_head(
+        &self,
+        to: Target<'_>,
+        method: &Method,
+        head: &[u8],
+    ) -> Result<Response<UpstreamBody<B>>, SendError> {
+        self.send_wire(to, method, wire::Head::Bytes(head)).await
     }
 
     async fn send_wire(
         &self,
         to: Target<'_>,
-        parts: http::request::Parts,
+        method: &Method,
+        head: wire::Head<'_>,
     ) -> Result<Response<UpstreamBody<B>>, SendError> {
         // Reused connections first; a write that fails on one means the upstream closed it while
         // it was idle, and the request never got through: it goes out on the next.
         let (conn, reused) = loop {
             match self.inner.checkout(to, true) {
                 Some(Idle { conn: Conn::Wire(mut conn), .. }) => {
-                    if conn.write_head(&parts).await.is_ok() {
+                    if conn.write_head(head).await.is_ok() {
                         break (conn, true);
                     }
                 }
                 Some(_) => {}
-                None => break (Box::pin(self.connect_wire(to, &parts)).await?, false),
+                None => break (Box::pin(self.connect_wire(to, head)).await?, false),
             }
         };
-        let (head, body) = match conn.read_head(&parts.method).await {
+        let (head, body) = match conn.read_head(method).await {
             Ok(answer) => answer,
-            Err(wire::WireError::Unanswered) if reused && parts.method.is_idempotent() => {
-                tracing::debug!(method = %parts.method, "a reused upstream connection closed without answering; sent again on a new one");
-                let conn = Box::pin(self.connect_wire(to, &parts)).await?;
-                conn.read_head(&parts.method).await.map_err(SendError::Wire)?
+            Err(wire::WireError::Unanswered) if reused && method.is_idempotent() => {
+                tracing::debug!(%method, "a reused upstream connection closed without answering; sent again on a new one");
+                let conn = Box::pin(self.connect_wire(to, head)).await?;
+                conn.read_head(method).await.map_err(SendError::Wire)?
             }
             Err(e) => return Err(SendError::Wire(e)),
         };
@@ -339,11 +352,11 @@ where
         connector.call(uri).await.map_err(SendError::Connect)
     }
 
-    /// A new wire connection to `to` with the request head of `parts` written on it. Called boxed:
+    /// A new wire connection to `to` with the request `head` written on it. Called boxed:
     /// connecting is rare and its future large.
-    async fn connect_wire(&self, to: Target<'_>, parts: &http::request::Parts) -> Result<wire::Conn, SendError> {
+    async fn connect_wire(&self, to: Target<'_>, head: wire::Head<'_>) -> Result<wire::Conn, SendError> {
         let mut conn = wire::Conn::new(self.connect_tcp(to).await?);
-        conn.write_head(parts).await.map_err(|e| SendError::Wire(e.into()))?;
+        conn.write_head(head).await.map_err(|e| SendError::Wire(e.into()))?;
         Ok(conn)
     }
 

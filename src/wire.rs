@@ -57,6 +57,14 @@ pub enum WireError {
     Malformed(&'static str),
 }
 
+/// A request head to write: the request's parts, or the head already written out as bytes (the
+/// client side's own HTTP/1.1 path, `h1.rs`, writes it straight from the client's head).
+#[derive(Clone, Copy)]
+pub enum Head<'a> {
+    Parts(&'a request::Parts),
+    Bytes(&'a [u8]),
+}
+
 /// One upstream connection: the socket, what has been read from it and not yet used, the buffer
 /// request heads are written from, and where each header of the last response head sat in it.
 pub struct Conn {
@@ -106,8 +114,12 @@ impl Conn {
         }
     }
 
-    /// Writes the request head of `parts` (a request with no body).
-    pub async fn write_head(&mut self, parts: &request::Parts) -> io::Result<()> {
+    /// Writes a request head (a request with no body).
+    pub async fn write_head(&mut self, head: Head<'_>) -> io::Result<()> {
+        let parts = match head {
+            Head::Bytes(bytes) => return self.io.write_all(bytes).await,
+            Head::Parts(parts) => parts,
+        };
         let w = &mut self.scratch.write;
         w.clear();
         w.extend_from_slice(parts.method.as_str().as_bytes());

@@ -17,14 +17,16 @@ use std::path::{Path, PathBuf};
 /// process shell) and `lib.rs` (the module list) may name anything.
 const FLOW: &[&str] = &[
     // What one connection knows; the vocabulary of route classes; the metrics every stage reports to;
-    // the entries-and-bytes budgets every in-memory cache is held to; per-request header values.
-    "conn", "route", "metrics", "bounded", "values", //
+    // the entries-and-bytes budgets every in-memory cache is held to; per-request header values; a
+    // request's headers as the stages read them.
+    "conn", "route", "metrics", "bounded", "values", "head", //
     // The stages, in request order (classify happens before identify, but the two share nothing).
     "identity", "limit", "wire", "upstream", "body", "forward", "headers", "error", "access", "top", //
     // Config: schema and reader, TLS key loading, the compiled snapshot.
     "tls", "config", "snapshot", //
     // The orchestrator, then what runs it.
-    "proxy", "admin", "reload", "server", "app", "demo", "cli",
+    // (`h1`: tiergate's own HTTP/1.1 connections, which `server` starts and hands to hyper.)
+    "proxy", "admin", "reload", "h1", "server", "app", "demo", "cli",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

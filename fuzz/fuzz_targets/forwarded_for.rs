@@ -16,9 +16,9 @@ fuzz_target!(|data: &[u8]| {
     }
     let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
     let outsider: IpAddr = "203.0.113.9".parse().unwrap();
-    assert_eq!(client_ip(outsider, &headers, &trusted), outsider);
+    assert_eq!(client_ip(outsider, (&headers).into(), &trusted), outsider);
     let proxy: IpAddr = "10.0.0.2".parse().unwrap();
-    let got = client_ip(proxy, &headers, &trusted);
+    let got = client_ip(proxy, (&headers).into(), &trusted);
     if got != proxy {
         // The answer must be one of the addresses written in the header (compared as addresses:
         // `a:0a::` and `a:a::` are the same one).

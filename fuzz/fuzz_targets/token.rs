@@ -24,6 +24,6 @@ fuzz_target!(|data: &[u8]| {
     let mut headers = http::HeaderMap::new();
     if let Ok(v) = http::HeaderValue::from_str(&format!("Bearer {text}")) {
         headers.insert(http::header::AUTHORIZATION, v);
-        let _ = snap.identity.identify(&headers, "127.0.0.1:1".parse().unwrap(), true);
+        let _ = snap.identity.identify((&headers).into(), "127.0.0.1:1".parse().unwrap(), true);
     }
 });

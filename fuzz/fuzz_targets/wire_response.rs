@@ -51,7 +51,7 @@ fuzz_target!(|data: &[u8]| {
         let mut conn = wire::Conn::new(client);
         let mut body_bytes = 0usize;
         for _ in 0..64 {
-            if conn.write_head(&request).await.is_err() {
+            if conn.write_head(tiergate::wire::Head::Parts(&request)).await.is_err() {
                 break;
             }
             let Ok((_head, mut body)) = conn.read_head(&method).await else { break };

@@ -3,14 +3,15 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use http::HeaderMap;
 use ipnet::IpNet;
+
+use crate::head::Headers;
 
 /// The client address: the TCP peer, unless the peer is a trusted proxy; then walk
 /// `X-Forwarded-For` from the right, skipping trusted hops: the first untrusted one is the client.
 /// Every hop trusted → the leftmost. An entry that is not an address ends the walk at the last
 /// address read before it. `X-Real-IP` and `Forwarded` are never believed.
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+pub fn client_ip(peer: IpAddr, headers: Headers<'_>, trusted: &[IpNet]) -> IpAddr {
     let peer = peer.to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
@@ -18,7 +19,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
     }
     let mut last = peer;
     // Header lines in order; each line's entries in order; walked from the right.
-    let lines: Vec<&str> = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
+    let lines: Vec<&str> = headers.all("x-forwarded-for").filter_map(crate::head::text).collect();
     for line in lines.iter().rev() {
         for entry in line.rsplit(',') {
             let Some(ip) = parse_forwarded_ip(entry.trim()) else { return last };
@@ -56,8 +57,8 @@ mod tests {
     use super::*;
     use http::HeaderValue;
 
-    fn headers(xff: &[&str]) -> HeaderMap {
-        let mut h = HeaderMap::new();
+    fn headers(xff: &[&str]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
         for v in xff {
             h.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
         }
@@ -72,21 +73,27 @@ mod tests {
     fn forwarded_for_is_believed_only_from_trusted_peers() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         // Untrusted peer: its header is ignored.
-        assert_eq!(client_ip(ip("203.0.113.9"), &headers(&["1.2.3.4"]), &trusted), ip("203.0.113.9"));
+        assert_eq!(client_ip(ip("203.0.113.9"), (&headers(&["1.2.3.4"])).into(), &trusted), ip("203.0.113.9"));
         // Trusted peer: rightmost untrusted hop.
-        assert_eq!(client_ip(ip("10.0.0.2"), &headers(&["6.6.6.6, 1.2.3.4, 10.0.0.7"]), &trusted), ip("1.2.3.4"));
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), (&headers(&["6.6.6.6, 1.2.3.4, 10.0.0.7"])).into(), &trusted),
+            ip("1.2.3.4")
+        );
         // Several header lines read as one list.
-        assert_eq!(client_ip(ip("10.0.0.2"), &headers(&["6.6.6.6", "1.2.3.4"]), &trusted), ip("1.2.3.4"));
+        assert_eq!(client_ip(ip("10.0.0.2"), (&headers(&["6.6.6.6", "1.2.3.4"])).into(), &trusted), ip("1.2.3.4"));
         // Every hop trusted: leftmost.
-        assert_eq!(client_ip(ip("10.0.0.2"), &headers(&["10.1.1.1, 10.2.2.2"]), &trusted), ip("10.1.1.1"));
+        assert_eq!(client_ip(ip("10.0.0.2"), (&headers(&["10.1.1.1, 10.2.2.2"])).into(), &trusted), ip("10.1.1.1"));
         // Missing header: the peer.
-        assert_eq!(client_ip(ip("10.0.0.2"), &headers(&[]), &trusted), ip("10.0.0.2"));
+        assert_eq!(client_ip(ip("10.0.0.2"), (&headers(&[])).into(), &trusted), ip("10.0.0.2"));
         // Garbage ends the walk at the last address read before it.
-        assert_eq!(client_ip(ip("10.0.0.2"), &headers(&["1.2.3.4, junk, 10.9.9.9"]), &trusted), ip("10.9.9.9"));
-        assert_eq!(client_ip(ip("10.0.0.2"), &headers(&["1.2.3.4, junk"]), &trusted), ip("10.0.0.2"));
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), (&headers(&["1.2.3.4, junk, 10.9.9.9"])).into(), &trusted),
+            ip("10.9.9.9")
+        );
+        assert_eq!(client_ip(ip("10.0.0.2"), (&headers(&["1.2.3.4, junk"])).into(), &trusted), ip("10.0.0.2"));
         // Ports and IPv4-mapped addresses.
-        assert_eq!(client_ip(ip("10.0.0.2"), &headers(&["[2001:db8::1]:443"]), &trusted), ip("2001:db8::1"));
-        assert_eq!(client_ip(ip("::ffff:10.0.0.2"), &headers(&["1.2.3.4:80"]), &trusted), ip("1.2.3.4"));
+        assert_eq!(client_ip(ip("10.0.0.2"), (&headers(&["[2001:db8::1]:443"])).into(), &trusted), ip("2001:db8::1"));
+        assert_eq!(client_ip(ip("::ffff:10.0.0.2"), (&headers(&["1.2.3.4:80"])).into(), &trusted), ip("1.2.3.4"));
     }
 
     #[test]

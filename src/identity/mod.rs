@@ -20,7 +20,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{HeaderMap, HeaderValue};
+use http::HeaderValue;
+
+use crate::head::Headers;
 use ipnet::IpNet;
 use jsonwebtoken::Algorithm;
 use serde_json::Value;
@@ -225,7 +227,7 @@ impl Verifier {
     /// again (with `may_refresh = false`, which applies `invalid_token` as usual).
     pub fn identify(
         &self,
-        headers: &HeaderMap,
+        headers: Headers<'_>,
         peer: SocketAddr,
         may_refresh: bool,
     ) -> Result<Identity, IdentifyError> {
@@ -250,7 +252,7 @@ impl Verifier {
         !self.keys.iter().chain(remote.iter().flat_map(|k| k.iter())).any(|k| k.kid.as_deref() == Some(kid.as_str()))
     }
 
-    fn on_invalid(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<Identity, IdentifyError> {
+    fn on_invalid(&self, headers: Headers<'_>, peer: SocketAddr) -> Result<Identity, IdentifyError> {
         match self.rules.invalid_token {
             InvalidToken::Reject => Err(IdentifyError::Invalid),
             InvalidToken::Anonymous => Ok(self.anonymous(headers, peer)),
@@ -258,11 +260,11 @@ impl Verifier {
     }
 
     /// The key an anonymous caller from `peer` is counted under (the access log names a 401 so).
-    pub fn anonymous_key(&self, headers: &HeaderMap, peer: SocketAddr) -> IdentityKey {
+    pub fn anonymous_key(&self, headers: Headers<'_>, peer: SocketAddr) -> IdentityKey {
         self.anonymous(headers, peer).key
     }
 
-    fn anonymous(&self, headers: &HeaderMap, peer: SocketAddr) -> Identity {
+    fn anonymous(&self, headers: Headers<'_>, peer: SocketAddr) -> Identity {
         let ip = client_ip(peer.ip(), headers, &self.rules.trusted_proxies);
         Identity {
             key: IdentityKey::Ip(counted_network(ip, self.rules.ipv6_prefix)),
@@ -362,9 +364,9 @@ enum Bearer<'a> {
     Malformed,
 }
 
-fn bearer_token(headers: &HeaderMap) -> Bearer<'_> {
-    let Some(value) = headers.get(http::header::AUTHORIZATION) else { return Bearer::Absent };
-    let Ok(text) = value.to_str() else { return Bearer::Malformed };
+fn bearer_token(headers: Headers<'_>) -> Bearer<'_> {
+    let Some(value) = headers.first("authorization") else { return Bearer::Absent };
+    let Some(text) = crate::head::text(value) else { return Bearer::Malformed };
     let text = text.trim();
     let Some((scheme, rest)) = text.split_once(' ').or(Some((text, ""))) else { return Bearer::Absent };
     if !scheme.eq_ignore_ascii_case("bearer") {
@@ -436,13 +438,13 @@ mod tests {
 
     #[test]
     fn bearer_parsing() {
-        let mut h = HeaderMap::new();
-        assert!(matches!(bearer_token(&h), Bearer::Absent));
+        let mut h = http::HeaderMap::new();
+        assert!(matches!(bearer_token((&h).into()), Bearer::Absent));
         h.insert("authorization", HeaderValue::from_static("Basic dXNlcjpwYXNz"));
-        assert!(matches!(bearer_token(&h), Bearer::Absent));
+        assert!(matches!(bearer_token((&h).into()), Bearer::Absent));
         h.insert("authorization", HeaderValue::from_static("Bearer"));
-        assert!(matches!(bearer_token(&h), Bearer::Malformed));
+        assert!(matches!(bearer_token((&h).into()), Bearer::Malformed));
         h.insert("authorization", HeaderValue::from_static("bearer  abc.def.ghi "));
-        assert!(matches!(bearer_token(&h), Bearer::Token("abc.def.ghi")));
+        assert!(matches!(bearer_token((&h).into()), Bearer::Token("abc.def.ghi")));
     }
 }

@@ -1,0 +1,67 @@
+//! A request's headers as the stages read them: hyper's map (`Request<Incoming>`), or the head as
+//! `httparse` parsed it on tiergate's own HTTP/1.1 path (`h1.rs`), read in place with no map built.
+//! Names are compared without regard to case, as a map's lookups are; a value is its bytes as sent.
+
+use http::HeaderMap;
+
+/// Read-only access to one request's headers.
+#[derive(Clone, Copy)]
+pub enum Headers<'a> {
+    Map(&'a HeaderMap),
+    Parsed(&'a [httparse::Header<'a>]),
+}
+
+impl<'a> From<&'a HeaderMap> for Headers<'a> {
+    fn from(map: &'a HeaderMap) -> Headers<'a> {
+        Headers::Map(map)
+    }
+}
+
+impl<'a> Headers<'a> {
+    /// The first value of `name` (lower case).
+    pub fn first(self, name: &str) -> Option<&'a [u8]> {
+        self.all(name).next()
+    }
+
+    /// Every value of `name` (lower case), in the order sent.
+    pub fn all(self, name: &str) -> impl Iterator<Item = &'a [u8]> {
+        let (map, parsed) = match self {
+            Headers::Map(map) => (Some(map.get_all(name).iter().map(http::HeaderValue::as_bytes)), None),
+            Headers::Parsed(headers) => {
+                (None, Some(headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)))
+            }
+        };
+        map.into_iter().flatten().chain(parsed.into_iter().flatten())
+    }
+}
+
+/// A value as text, as `HeaderValue::to_str` reads it: visible ASCII and tab only.
+pub fn text(value: &[u8]) -> Option<&str> {
+    if value.iter().all(|&b| b == b'\t' || (32..127).contains(&b)) { std::str::from_utf8(value).ok() } else { None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_kinds_read_the_same_values() {
+        let mut map = HeaderMap::new();
+        map.append("x-forwarded-for", "1.1.1.1".parse().unwrap());
+        map.append("authorization", "Bearer t".parse().unwrap());
+        map.append("x-forwarded-for", "2.2.2.2".parse().unwrap());
+        let parsed = [
+            httparse::Header { name: "X-Forwarded-For", value: b"1.1.1.1" },
+            httparse::Header { name: "Authorization", value: b"Bearer t" },
+            httparse::Header { name: "x-forwarded-for", value: b"2.2.2.2" },
+        ];
+        for headers in [Headers::from(&map), Headers::Parsed(&parsed)] {
+            assert_eq!(headers.first("authorization"), Some(&b"Bearer t"[..]));
+            assert_eq!(headers.all("x-forwarded-for").collect::<Vec<_>>(), [&b"1.1.1.1"[..], b"2.2.2.2"]);
+            assert_eq!(headers.first("cookie"), None);
+        }
+        assert_eq!(text(b"ok\tfine"), Some("ok\tfine"));
+        assert_eq!(text(b"no\x01"), None);
+        assert_eq!(text(b"caf\xc3\xa9"), None);
+    }
+}
