@@ -158,6 +158,14 @@ impl ProxyBody {
         ProxyBody { kind: Kind::Upstream(body), guards: None, on_end: None, sent: 0 }
     }
 
+    /// The upstream response's headers as sent, when they were kept so (`upstream.rs`).
+    pub fn raw_head(&self) -> Option<&crate::wire::RawHead> {
+        match &self.kind {
+            Kind::Upstream(body) => body.raw_head(),
+            _ => None,
+        }
+    }
+
     /// Calls `f` with the bytes sent once this body ends or is dropped.
     pub fn on_end(&mut self, f: OnEnd) {
         self.on_end = Some(f);

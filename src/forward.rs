@@ -212,25 +212,17 @@ fn copy_of(name: &str, names: Names<'_>) -> Copy {
     if name.eq_ignore_ascii_case(names.user_id.as_str()) || name.eq_ignore_ascii_case(names.tier.as_str()) {
         return Copy::Drop;
     }
-    // Lower-cased on the stack, for one `match`; the longest name below has 19 bytes.
-    let mut lower = [0u8; 20];
-    let Some(buf) = lower.get_mut(..name.len()) else { return Copy::As };
-    buf.copy_from_slice(name.as_bytes());
-    buf.make_ascii_lowercase();
-    match &*buf {
-        b"connection"
-        | b"keep-alive"
-        | b"proxy-connection"
-        | b"proxy-authenticate"
-        | b"proxy-authorization"
-        | b"te"
-        | b"trailer"
-        | b"transfer-encoding"
-        | b"upgrade" => Copy::Drop,
-        b"x-forwarded-for" => Copy::ForwardedFor,
-        b"x-forwarded-proto" => Copy::ForwardedProto,
-        b"x-request-id" => Copy::RequestId,
-        _ => Copy::As,
+    if crate::head::is_hop_by_hop(name.as_bytes()) {
+        return Copy::Drop;
+    }
+    if name.eq_ignore_ascii_case("x-forwarded-for") {
+        Copy::ForwardedFor
+    } else if name.eq_ignore_ascii_case("x-forwarded-proto") {
+        Copy::ForwardedProto
+    } else if name.eq_ignore_ascii_case("x-request-id") {
+        Copy::RequestId
+    } else {
+        Copy::As
     }
 }
 

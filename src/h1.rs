@@ -407,7 +407,31 @@ fn write_head(
         }
         line(out, name, value);
     }
-    decoration.each(security, headers, |name, value| line(out, name, value));
+    // An upstream response's headers as it sent them: what `forward::strip_hop_by_hop` and the
+    // decorator's `strip_upstream` would leave of them in a map.
+    if let Some(raw) = body.raw_head() {
+        for (name, value) in raw.headers() {
+            if crate::head::is_hop_by_hop(name)
+                || raw.connection_lists(name)
+                || decoration.strips_sent(name)
+                || decoration.replaces_sent(name)
+            {
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"content-length") {
+                length = true;
+            } else if name.eq_ignore_ascii_case(b"date") {
+                date = true;
+            } else if let Some(i) = decoration.security_index_sent(name).filter(|&i| i < 64) {
+                security |= 1 << i;
+            }
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    decoration.write(out, security, headers);
     let bodiless =
         status.is_informational() || *status == StatusCode::NO_CONTENT || *status == StatusCode::NOT_MODIFIED;
     let framing = match body.size_hint().exact() {

@@ -35,6 +35,28 @@ impl<'a> Headers<'a> {
     }
 }
 
+/// Whether `name` (as sent, any case) is one of the headers that describe one connection and are
+/// never forwarded (RFC 9110 §7.6.1; `forward.rs` strips the same list from maps).
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    // Lower-cased on the stack, for one `match`; the longest name has 19 bytes.
+    let mut lower = [0u8; 20];
+    let Some(buf) = lower.get_mut(..name.len()) else { return false };
+    buf.copy_from_slice(name);
+    buf.make_ascii_lowercase();
+    matches!(
+        &*buf,
+        b"connection"
+            | b"keep-alive"
+            | b"proxy-connection"
+            | b"proxy-authenticate"
+            | b"proxy-authorization"
+            | b"te"
+            | b"trailer"
+            | b"transfer-encoding"
+            | b"upgrade"
+    )
+}
+
 /// A value as text, as `HeaderValue::to_str` reads it: visible ASCII and tab only.
 pub fn text(value: &[u8]) -> Option<&str> {
     if value.iter().all(|&b| b == b'\t' || (32..127).contains(&b)) { std::str::from_utf8(value).ok() } else { None }
@@ -60,6 +82,8 @@ mod tests {
             assert_eq!(headers.all("x-forwarded-for").collect::<Vec<_>>(), [&b"1.1.1.1"[..], b"2.2.2.2"]);
             assert_eq!(headers.first("cookie"), None);
         }
+        assert!(is_hop_by_hop(b"Keep-Alive") && is_hop_by_hop(b"TE") && is_hop_by_hop(b"proxy-authorization"));
+        assert!(!is_hop_by_hop(b"Host") && !is_hop_by_hop(b"x-connection") && !is_hop_by_hop(b"transfer-encodings"));
         assert_eq!(text(b"ok\tfine"), Some("ok\tfine"));
         assert_eq!(text(b"no\x01"), None);
         assert_eq!(text(b"caf\xc3\xa9"), None);

@@ -41,6 +41,8 @@ pub enum RateLimitHeaders {
 /// Compiled decoration settings (part of the snapshot).
 pub struct Decorator {
     security: Vec<(HeaderName, HeaderValue)>,
+    /// The security headers as one block of header lines, for a response that has none of them.
+    security_block: Vec<u8>,
     remove: Vec<HeaderName>,
     legacy: bool,
     ietf: bool,
@@ -60,7 +62,11 @@ impl Decorator {
             RateLimitHeaders::Both => (true, true),
             RateLimitHeaders::None => (false, false),
         };
-        Decorator { security, remove, legacy, ietf }
+        let mut security_block = Vec::new();
+        for (name, value) in &security {
+            line(&mut security_block, name.as_str().as_bytes(), value.as_bytes());
+        }
+        Decorator { security, security_block, remove, legacy, ietf }
     }
 
     /// Removes the configured names (`Server`, `X-Powered-By`, …) from an upstream response.
@@ -82,97 +88,169 @@ impl Decorator {
 
     /// The rate-limit headers for the binding window of `decision`.
     pub fn rate_limit(&self, headers: &mut HeaderMap, plan: &PlanHeaders, decision: &Decision) {
-        for (name, value) in self.rate_limit_values(plan, decision).into_iter().flatten() {
-            headers.insert(name.clone(), value);
-        }
-    }
-
-    /// The rate-limit headers for the binding window of `decision`, as name and value.
-    fn rate_limit_values(&self, plan: &PlanHeaders, decision: &Decision) -> RateLimitValues {
-        let mut out: RateLimitValues = Default::default();
-        let Some(b) = decision.binding else { return out };
-        let window = match b.window {
-            Some(i) => plan.windows.get(i),
-            None => plan.concurrent.as_ref(),
-        };
-        let Some(window) = window else { return out };
-        let reset_secs = b.reset_ms.div_ceil(1000);
+        let Some(r) = Rate::of(plan, decision) else { return };
         if self.legacy {
             // The binding window's limit is the plan's, except when a reload changed it mid-flight.
-            let limit = if window.limit == b.limit { window.limit_value.clone() } else { number(b.limit) };
-            out[0] = Some((&X_RATELIMIT_LIMIT, limit));
-            out[1] = Some((&X_RATELIMIT_REMAINING, number(b.remaining)));
-            out[2] = Some((&X_RATELIMIT_RESET, recent_number(reset_secs)));
-            out[3] = Some((&X_RATELIMIT_WINDOW, window.name.clone()));
+            let limit = if r.window.limit == r.limit { r.window.limit_value.clone() } else { number(r.limit) };
+            headers.insert(X_RATELIMIT_LIMIT.clone(), limit);
+            headers.insert(X_RATELIMIT_REMAINING.clone(), number(r.remaining));
+            headers.insert(X_RATELIMIT_RESET.clone(), recent_number(r.reset_secs));
+            headers.insert(X_RATELIMIT_WINDOW.clone(), r.window.name.clone());
         }
         if self.ietf {
-            if let Some(p) = &plan.policy {
-                out[4] = Some((&RATELIMIT_POLICY, p.clone()));
+            if let Some(p) = r.policy {
+                headers.insert(RATELIMIT_POLICY.clone(), p.clone());
             }
-            let t = b.reset_ms.saturating_sub(decision.now_ms).div_ceil(1000);
-            // `"name";r=R;t=T`, written on the stack (a window name is at most 64 bytes, each
-            // number at most 20 digits).
             let mut buf = [0u8; 128];
-            let mut len = 0;
-            for part in
-                [window.quoted.as_bytes(), b";r=", decimal(b.remaining, &mut [0; 20]), b";t=", decimal(t, &mut [0; 20])]
-            {
-                if let Some(to) = buf.get_mut(len..len + part.len()) {
-                    to.copy_from_slice(part);
-                    len += part.len();
-                }
-            }
-            if let Some(v) = values::header_value(&buf[..len]) {
-                out[5] = Some((&RATELIMIT, v));
+            if let Some(v) = values::header_value(r.ietf_value(&mut buf)) {
+                headers.insert(RATELIMIT.clone(), v);
             }
         }
-        out
     }
 
     /// What decorating a response adds, for a writer that writes the head as bytes (`h1.rs`)
     /// instead of inserting into its map: the same headers [`Self::security`] and
-    /// [`Self::rate_limit`] would give it. `rate`: the tier's plan headers and the decision, when
-    /// the request was limited.
-    pub fn decoration(&self, rate: Option<(&PlanHeaders, &Decision)>) -> Decoration<'_> {
-        Decoration {
-            security: &self.security,
-            rate: rate.map(|(plan, decision)| self.rate_limit_values(plan, decision)).unwrap_or_default(),
-        }
+    /// [`Self::rate_limit`] would give it (`tests::both_writers_decorate_alike` holds that). `rate`:
+    /// the tier's plan headers and the decision, when the request was limited.
+    pub fn decoration<'a>(&'a self, rate: Option<(&'a PlanHeaders, &Decision)>) -> Decoration<'a> {
+        Decoration { decorator: self, rate: rate.and_then(|(plan, decision)| Rate::of(plan, decision)) }
     }
 }
 
-/// The rate-limit headers a response gets, each at most once.
-type RateLimitValues = [Option<(&'static HeaderName, HeaderValue)>; 6];
+/// One header line.
+fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// What the rate-limit headers say: the binding window and its numbers.
+struct Rate<'a> {
+    window: &'a WindowHeaders,
+    limit: u64,
+    remaining: u64,
+    /// `X-RateLimit-Reset`: the epoch second the window has room again.
+    reset_secs: u64,
+    /// `RateLimit`'s `t`: seconds from now until then.
+    t: u64,
+    policy: Option<&'a HeaderValue>,
+}
+
+impl<'a> Rate<'a> {
+    fn of(plan: &'a PlanHeaders, decision: &Decision) -> Option<Rate<'a>> {
+        let b = decision.binding?;
+        let window = match b.window {
+            Some(i) => plan.windows.get(i),
+            None => plan.concurrent.as_ref(),
+        }?;
+        Some(Rate {
+            window,
+            limit: b.limit,
+            remaining: b.remaining,
+            reset_secs: b.reset_ms.div_ceil(1000),
+            t: b.reset_ms.saturating_sub(decision.now_ms).div_ceil(1000),
+            policy: plan.policy.as_ref(),
+        })
+    }
+
+    /// `"name";r=R;t=T`, written into `buf` (a window name is at most 64 bytes, each number at
+    /// most 20 digits).
+    fn ietf_value<'b>(&self, buf: &'b mut [u8; 128]) -> &'b [u8] {
+        let mut len = 0;
+        for part in [
+            self.window.quoted.as_bytes(),
+            b";r=",
+            decimal(self.remaining, &mut [0; 20]),
+            b";t=",
+            decimal(self.t, &mut [0; 20]),
+        ] {
+            if let Some(to) = buf.get_mut(len..len + part.len()) {
+                to.copy_from_slice(part);
+                len += part.len();
+            }
+        }
+        &buf[..len]
+    }
+}
 
 /// A response's decoration, to be written with its head: see [`Decorator::decoration`].
 pub struct Decoration<'a> {
-    security: &'a [(HeaderName, HeaderValue)],
-    rate: RateLimitValues,
+    decorator: &'a Decorator,
+    rate: Option<Rate<'a>>,
 }
 
 impl Decoration<'_> {
     /// Whether a response header of this name is replaced by the decoration (a rate-limit header
     /// tiergate sets): the response's own is then left out.
     pub fn replaces(&self, name: &HeaderName) -> bool {
-        self.rate.iter().flatten().any(|(n, _)| *n == name)
+        let Some(r) = &self.rate else { return false };
+        let d = self.decorator;
+        (d.legacy
+            && (name == X_RATELIMIT_LIMIT
+                || name == X_RATELIMIT_REMAINING
+                || name == X_RATELIMIT_RESET
+                || name == X_RATELIMIT_WINDOW))
+            || (d.ietf && (name == RATELIMIT || (name == RATELIMIT_POLICY && r.policy.is_some())))
     }
 
     /// Which security header this is, if any: a response's own value of it wins over the decoration's.
     pub fn security_index(&self, name: &HeaderName) -> Option<usize> {
-        self.security.iter().position(|(n, _)| n == name)
+        self.decorator.security.iter().position(|(n, _)| n == name)
     }
 
-    /// Every header the decoration adds, given the security headers the response has (bit `i`:
-    /// [`Self::security_index`] `i`; past 64 of them, looked up in `headers`).
-    pub fn each(&self, present: u64, headers: &HeaderMap, mut f: impl FnMut(&HeaderName, &HeaderValue)) {
-        for (i, (name, value)) in self.security.iter().enumerate() {
-            let has = if i < 64 { present & (1 << i) != 0 } else { headers.contains_key(name) };
-            if !has {
-                f(name, value);
+    /// [`Self::replaces`] for a name as sent (any case).
+    pub fn replaces_sent(&self, name: &[u8]) -> bool {
+        let Some(r) = &self.rate else { return false };
+        let d = self.decorator;
+        let is = |n: &HeaderName| name.eq_ignore_ascii_case(n.as_str().as_bytes());
+        (d.legacy
+            && [&X_RATELIMIT_LIMIT, &X_RATELIMIT_REMAINING, &X_RATELIMIT_RESET, &X_RATELIMIT_WINDOW]
+                .into_iter()
+                .any(is))
+            || (d.ietf && (is(&RATELIMIT) || (r.policy.is_some() && is(&RATELIMIT_POLICY))))
+    }
+
+    /// [`Self::security_index`] for a name as sent (any case).
+    pub fn security_index_sent(&self, name: &[u8]) -> Option<usize> {
+        self.decorator.security.iter().position(|(n, _)| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
+    }
+
+    /// Whether an upstream header of this name (as sent) is stripped ([`Decorator::strip_upstream`]).
+    pub fn strips_sent(&self, name: &[u8]) -> bool {
+        self.decorator.remove.iter().any(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
+    }
+
+    /// Writes every header line the decoration adds, given the security headers the response has
+    /// (bit `i`: [`Self::security_index`] `i`; past 64 of them, looked up in `headers`).
+    pub fn write(&self, out: &mut Vec<u8>, present: u64, headers: &HeaderMap) {
+        let d = self.decorator;
+        if present == 0 && d.security.len() <= 64 {
+            out.extend_from_slice(&d.security_block);
+        } else {
+            for (i, (name, value)) in d.security.iter().enumerate() {
+                let has = if i < 64 { present & (1 << i) != 0 } else { headers.contains_key(name) };
+                if !has {
+                    line(out, name.as_str().as_bytes(), value.as_bytes());
+                }
             }
         }
-        for (name, value) in self.rate.iter().flatten() {
-            f(name, value);
+        let Some(r) = &self.rate else { return };
+        if d.legacy {
+            if r.window.limit == r.limit {
+                line(out, b"x-ratelimit-limit", r.window.limit_value.as_bytes());
+            } else {
+                line(out, b"x-ratelimit-limit", decimal(r.limit, &mut [0; 20]));
+            }
+            line(out, b"x-ratelimit-remaining", decimal(r.remaining, &mut [0; 20]));
+            line(out, b"x-ratelimit-reset", decimal(r.reset_secs, &mut [0; 20]));
+            line(out, b"x-ratelimit-window", r.window.name.as_bytes());
+        }
+        if d.ietf {
+            if let Some(p) = r.policy {
+                line(out, b"ratelimit-policy", p.as_bytes());
+            }
+            line(out, b"ratelimit", r.ietf_value(&mut [0; 128]));
         }
     }
 }
@@ -256,4 +334,77 @@ pub fn policy_header(plan: &Plan) -> Option<HeaderValue> {
         return None;
     }
     HeaderValue::from_str(&parts.join(", ")).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limit::{Algorithm, Binding, Plan, WindowSpec};
+
+    /// The head `h1.rs` writes (the response's own headers, then [`Decoration::write`]) against the
+    /// map hyper's path decorates ([`Decorator::security`], [`Decorator::rate_limit`]): the same
+    /// headers with the same values, for every rate-limit mode, with and without the backend's own
+    /// security or rate-limit headers, for a window and for the concurrency cap.
+    #[test]
+    fn both_writers_decorate_alike() {
+        let security = vec![
+            (http::header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+            (PERMISSIONS_POLICY.clone(), HeaderValue::from_static("camera=()")),
+        ];
+        let windows = vec![
+            WindowSpec { name: "minute".into(), limit: 3, window_ms: 60_000 },
+            WindowSpec { name: "hour".into(), limit: 5000, window_ms: 3_600_000 },
+        ];
+        let plan = PlanHeaders::new(&Plan::new(Algorithm::SlidingLog, windows, Some(4)));
+        let bindings = [
+            Binding { window: Some(0), limit: 3, remaining: 1, reset_ms: 1_796_000_000_500 },
+            Binding { window: Some(1), limit: 4999, remaining: 4321, reset_ms: 1_796_000_000_000 },
+            Binding { window: None, limit: 4, remaining: 0, reset_ms: 1_796_000_000_000 },
+        ];
+        let own: [&[(HeaderName, &str)]; 3] = [
+            &[],
+            &[(http::header::X_FRAME_OPTIONS, "SAMEORIGIN"), (X_RATELIMIT_LIMIT.clone(), "77")],
+            &[(http::header::CONTENT_TYPE, "text/plain"), (RATELIMIT.clone(), "backend")],
+        ];
+        for mode in [RateLimitHeaders::Legacy, RateLimitHeaders::Ietf, RateLimitHeaders::Both, RateLimitHeaders::None] {
+            let d = Decorator::new(security.clone(), Vec::new(), mode);
+            for binding in bindings {
+                let decision = Decision { now_ms: 1_795_999_990_000, binding: Some(binding), ..Decision::default() };
+                for headers in own {
+                    let headers: HeaderMap =
+                        headers.iter().map(|(n, v)| (n.clone(), HeaderValue::from_static(v))).collect();
+                    let mut map = headers.clone();
+                    d.security(&mut map);
+                    d.rate_limit(&mut map, &plan, &decision);
+
+                    let deco = d.decoration(Some((&plan, &decision)));
+                    let mut out = Vec::new();
+                    let mut present = 0u64;
+                    for (name, value) in &headers {
+                        if deco.replaces(name) {
+                            continue;
+                        }
+                        if let Some(i) = deco.security_index(name) {
+                            present |= 1 << i;
+                        }
+                        line(&mut out, name.as_str().as_bytes(), value.as_bytes());
+                    }
+                    deco.write(&mut out, present, &headers);
+                    let mut written: Vec<(String, String)> = std::str::from_utf8(&out)
+                        .unwrap()
+                        .split_terminator("\r\n")
+                        .map(|l| {
+                            let (n, v) = l.split_once(": ").unwrap();
+                            (n.to_string(), v.to_string())
+                        })
+                        .collect();
+                    let mut expected: Vec<(String, String)> =
+                        map.iter().map(|(n, v)| (n.as_str().to_string(), v.to_str().unwrap().to_string())).collect();
+                    written.sort();
+                    expected.sort();
+                    assert_eq!(written, expected, "{mode:?}, {binding:?}, {headers:?}");
+                }
+            }
+        }
+    }
 }

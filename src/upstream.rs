@@ -247,7 +247,8 @@ where
 
     /// Sends a bodiless request of `method` whose head is already written out as `head` (origin-form
     /// target, `Host` set, hop-by-hop headers gone) to a plain `http://` upstream, on a wire
-    /// connection, as [`Pool::send`] would.
+    /// connection, as [`Pool::send`] would. The response's headers stay as sent, in its body
+    /// ([`UpstreamBody::raw_head`]); its map is empty.
     pub async fn send_head(
         &self,
         to: Target<'_>,
@@ -276,12 +277,14 @@ where
                 None => break (Box::pin(self.connect_wire(to, head)).await?, false),
             }
         };
-        let (head, body) = match conn.read_head(method).await {
+        // A head written as bytes gets its answer's headers as bytes too (`h1.rs` writes them out).
+        let raw = matches!(head, wire::Head::Bytes(_));
+        let (head, body) = match conn.read_head(method, raw).await {
             Ok(answer) => answer,
             Err(wire::WireError::Unanswered) if reused && method.is_idempotent() => {
                 tracing::debug!(%method, "a reused upstream connection closed without answering; sent again on a new one");
                 let conn = Box::pin(self.connect_wire(to, head)).await?;
-                conn.read_head(method).await.map_err(SendError::Wire)?
+                conn.read_head(method, raw).await.map_err(SendError::Wire)?
             }
             Err(e) => return Err(SendError::Wire(e)),
         };
@@ -431,6 +434,15 @@ enum Kind<B> {
 }
 
 impl<B> UpstreamBody<B> {
+    /// The response's headers as the upstream sent them, when they were kept so
+    /// ([`Pool::send_head`]: the response's map is then empty).
+    pub fn raw_head(&self) -> Option<&wire::RawHead> {
+        match &self.kind {
+            Kind::Wire(body, _) => body.raw_head(),
+            Kind::Hyper(..) => None,
+        }
+    }
+
     fn give_back_if_read(&mut self) {
         if !self.reusable {
             return;

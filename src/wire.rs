@@ -137,13 +137,21 @@ impl Conn {
     }
 
     /// Reads the response head (skipping interim `1xx` ones) to a request of `method`. The body
-    /// follows in [`ResponseBody`].
-    pub async fn read_head(mut self, method: &Method) -> Result<(response::Parts, ResponseBody), WireError> {
+    /// follows in [`ResponseBody`]. `raw`: the headers stay as sent, in the body's [`RawHead`],
+    /// and the parts' map is left empty (for a writer that writes them out as bytes, `h1.rs`).
+    pub async fn read_head(mut self, method: &Method, raw: bool) -> Result<(response::Parts, ResponseBody), WireError> {
         // Whether any byte of the answer has come (an interim head counts).
         let mut answered = !self.read.is_empty();
         loop {
-            let (mut parts, facts) = loop {
-                match parse_head(&mut self.read, &mut self.scratch)? {
+            let (mut parts, facts, head) = loop {
+                let parsed = if self.read.is_empty() {
+                    None
+                } else if raw {
+                    parse_raw(&mut self.read)?
+                } else {
+                    parse_head(&mut self.read, &mut self.scratch)?.map(|(parts, facts)| (parts, facts, None))
+                };
+                match parsed {
                     Some(head) => break head,
                     None if self.read.len() >= MAX_HEAD => return Err(WireError::Malformed("response head too large")),
                     None => {
@@ -164,8 +172,17 @@ impl Conn {
                 }
                 continue; // 100 Continue, 103 Early Hints: the final answer follows
             }
+            // `framing` drops `Content-Length` beside `Transfer-Encoding` (and writes a listed one as
+            // its one length), unless the response has no body.
+            let bodiless = *method == Method::HEAD
+                || parts.status == StatusCode::NO_CONTENT
+                || parts.status == StatusCode::NOT_MODIFIED;
             let (state, reusable) = framing(&mut parts, facts, method)?;
-            let body = ResponseBody { conn: Some(self), state, reusable };
+            let head = head.map(|mut head| {
+                head.drop_length &= !bodiless;
+                head
+            });
+            let body = ResponseBody { conn: Some(self), state, reusable, head };
             return Ok((parts, body));
         }
     }
@@ -234,6 +251,80 @@ fn parse_head(buf: &mut BytesMut, scratch: &mut Scratch) -> Result<Option<(respo
     Ok(Some((parts, facts)))
 }
 
+/// [`parse_head`] leaving the headers as sent ([`RawHead`]).
+fn parse_raw(buf: &mut BytesMut) -> Result<Option<(response::Parts, Facts, Option<RawHead>)>, WireError> {
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(WireError::Malformed("too many headers")),
+        Err(_) => return Err(WireError::Malformed("unparsable head")),
+    };
+    let status = parsed.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(WireError::Malformed("bad status"))?;
+    let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    let mut facts = Facts::default();
+    let mut connection_named = false;
+    // httparse has checked what the map's types would: names are tokens, values have no control
+    // bytes but tab (`tests/upstream_framing.rs` sends both kinds of fault on this path).
+    for h in parsed.headers.iter() {
+        let name = h.name.as_bytes();
+        facts.note_raw(name, h.value);
+        if name.eq_ignore_ascii_case(b"connection") {
+            connection_named |= visible(h.value)
+                && h.value
+                    .split(|&b| b == b',')
+                    .map(<[u8]>::trim_ascii)
+                    .any(|t| !t.is_empty() && !crate::head::is_hop_by_hop(t));
+        }
+    }
+    let start = parsed.headers.first().map_or(len, |h| h.name.as_ptr() as usize - buf.as_ptr() as usize);
+    let head = buf.split_to(len).freeze();
+    let mut parts = response::Response::new(()).into_parts().0;
+    parts.status = status;
+    parts.version = version;
+    let drop_length = (facts.chunked.is_some() && facts.has_length) || facts.length_listed;
+    Ok(Some((parts, facts, Some(RawHead { head, start, drop_length, connection_named }))))
+}
+
+/// A response head's headers kept as the upstream sent them ([`Conn::read_head`] with `raw`), for a
+/// writer that writes them out as bytes (`h1.rs`), checked as the map would have checked them.
+pub struct RawHead {
+    head: Bytes,
+    /// Where the first header line starts.
+    start: usize,
+    /// `Content-Length` is left out: the response also said `Transfer-Encoding` (RFC 9112 §6.3), or
+    /// said it as a list (the writer then says the one length the body has).
+    drop_length: bool,
+    /// A `Connection` header names headers beyond the fixed hop-by-hop list: those are not forwarded.
+    connection_named: bool,
+}
+
+impl RawHead {
+    /// Every header as `(name, value)`, name as sent, value trimmed, in order; `Content-Length`
+    /// left out when the framing says so.
+    pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let drop_length = self.drop_length;
+        self.head
+            .get(self.start..)
+            .unwrap_or_default()
+            .split(|&b| b == b'\n')
+            .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+            .take_while(|line| !line.is_empty())
+            .filter_map(|line| {
+                let colon = line.iter().position(|&b| b == b':')?;
+                Some((&line[..colon], line[colon + 1..].trim_ascii()))
+            })
+            .filter(move |(name, _)| !(drop_length && name.eq_ignore_ascii_case(b"content-length")))
+    }
+
+    /// Whether a header of `name` is one the response's `Connection` header lists (so hop-by-hop).
+    pub fn connection_lists(&self, name: &[u8]) -> bool {
+        self.connection_named
+            && self.headers().filter(|(n, _)| n.eq_ignore_ascii_case(b"connection")).any(|(_, v)| lists_token(v, name))
+    }
+}
+
 /// What a response head's framing headers say, gathered as its headers are parsed, so that
 /// [`framing`] looks none of them up in the map again. Each is read as `http`'s `to_str` would
 /// have it: a value with other than visible ASCII (or tab) in it lists no token.
@@ -244,19 +335,31 @@ struct Facts {
     chunked: Option<bool>,
     /// `Content-Length` was sent.
     has_length: bool,
+    /// ... more than once, or as a list (`2, 2`): forwarded as the one length it says, since an h2
+    /// client refuses a list.
+    length_listed: bool,
     /// The length its values agree on, or why they do not (the first fault met, in order).
     length: Result<Option<u64>, &'static str>,
 }
 
 impl Default for Facts {
     fn default() -> Self {
-        Facts { close: false, chunked: None, has_length: false, length: Ok(None) }
+        Facts { close: false, chunked: None, has_length: false, length_listed: false, length: Ok(None) }
     }
 }
 
 impl Facts {
+    /// [`Self::note`] for a name as sent (any case).
+    fn note_raw(&mut self, name: &[u8], value: &[u8]) {
+        let known = [header::CONTENT_LENGTH, header::TRANSFER_ENCODING, header::CONNECTION];
+        if let Some(name) = known.iter().find(|k| name.eq_ignore_ascii_case(k.as_str().as_bytes())) {
+            self.note(name, value);
+        }
+    }
+
     fn note(&mut self, name: &HeaderName, value: &[u8]) {
         if *name == header::CONTENT_LENGTH {
+            self.length_listed |= self.has_length || value.contains(&b',');
             self.has_length = true;
             if let Ok(seen) = self.length {
                 self.length = content_length(value, seen);
@@ -314,6 +417,9 @@ fn framing(parts: &mut response::Parts, facts: Facts, method: &Method) -> Result
         return Ok(if chunked { (State::Chunk(Chunk::Size), reusable) } else { (State::Close, false) });
     }
     let length = facts.length.map_err(WireError::Malformed)?;
+    if let (true, Some(n)) = (facts.length_listed, length) {
+        parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
     Ok(match length {
         Some(0) => (State::Done, reusable),
         Some(n) => (State::Length(n), reusable),
@@ -369,9 +475,16 @@ pub struct ResponseBody {
     conn: Option<Conn>,
     state: State,
     reusable: bool,
+    /// The head's headers as sent, when they were asked for raw.
+    head: Option<RawHead>,
 }
 
 impl ResponseBody {
+    /// The response's headers as sent ([`Conn::read_head`] with `raw`).
+    pub fn raw_head(&self) -> Option<&RawHead> {
+        self.head.as_ref()
+    }
+
     pub fn is_end(&self) -> bool {
         matches!(self.state, State::Done)
     }
