@@ -261,6 +261,36 @@ fn origin_form(target: &str) -> Option<(&str, Option<&str>)> {
     })
 }
 
+/// A head [`take`] takes, as parsed: for the differential fuzz target (`fuzz/fuzz_targets/h1_head.rs`),
+/// which holds that hyper's server reads every such head as the same request.
+#[derive(Debug)]
+pub struct TakenHead {
+    /// The head's length in bytes.
+    pub len: usize,
+    pub method: Method,
+    pub path: String,
+    pub query: Option<String>,
+    /// Each header, name and value as sent, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// `Connection: close`.
+    pub close: bool,
+}
+
+/// [`take`] on `buf`: `Some` when the head at its front is one this module takes.
+pub fn taken_head(buf: &[u8], max_header_bytes: usize) -> Option<TakenHead> {
+    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let Taken::Yes(len, head) = take(buf, &mut slots, max_header_bytes) else { return None };
+    let r = &head.request;
+    Some(TakenHead {
+        len,
+        method: head.method.clone(),
+        path: r.path.to_string(),
+        query: r.query.map(str::to_string),
+        headers: r.headers.iter().map(|h| (h.name.to_string(), h.value.to_vec())).collect(),
+        close: head.close,
+    })
+}
+
 /// How the response body is framed on the wire.
 enum Framing {
     /// No body (a `HEAD` request; 1xx, 204, 304).
