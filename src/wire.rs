@@ -202,20 +202,12 @@ impl Conn {
 fn parse_head(buf: &mut BytesMut, scratch: &mut Scratch) -> Result<Option<(response::Parts, Facts)>, WireError> {
     let Scratch { spans, names, .. } = scratch;
     let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut []);
-    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(WireError::Malformed("too many headers")),
-        Err(_) => return Err(WireError::Malformed("unparsable head")),
-    };
-    let status = parsed.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(WireError::Malformed("bad status"))?;
-    let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    let Some((len, status, version, parsed)) = parse_status(buf, &mut slots)? else { return Ok(None) };
     // Where each name and value sits in the head, so the values can share its bytes once it is
     // split off the buffer (the parsed headers borrow the buffer until then).
     let base = buf.as_ptr() as usize;
     spans.clear();
-    spans.extend(parsed.headers.iter().map(|h| {
+    spans.extend(parsed.iter().map(|h| {
         let name = h.name.as_ptr() as usize - base;
         let value = h.value.as_ptr() as usize - base;
         Span { name: (name, name + h.name.len()), value: (value, value + h.value.len()) }
@@ -251,11 +243,17 @@ fn parse_head(buf: &mut BytesMut, scratch: &mut Scratch) -> Result<Option<(respo
     Ok(Some((parts, facts)))
 }
 
-/// [`parse_head`] leaving the headers as sent ([`RawHead`]).
-fn parse_raw(buf: &mut BytesMut) -> Result<Option<(response::Parts, Facts, Option<RawHead>)>, WireError> {
-    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+/// A parsed head's length, status, version and headers.
+type Status<'b, 'h> = (usize, StatusCode, Version, &'h [httparse::Header<'b>]);
+
+/// The response head at the front of `buf` (`None` while incomplete): its length, status, version
+/// and headers (in `slots`).
+fn parse_status<'b, 'h>(
+    buf: &'b [u8],
+    slots: &'h mut [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS],
+) -> Result<Option<Status<'b, 'h>>, WireError> {
     let mut parsed = httparse::Response::new(&mut []);
-    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(WireError::Malformed("too many headers")),
@@ -263,11 +261,18 @@ fn parse_raw(buf: &mut BytesMut) -> Result<Option<(response::Parts, Facts, Optio
     };
     let status = parsed.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(WireError::Malformed("bad status"))?;
     let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    Ok(Some((len, status, version, parsed.headers)))
+}
+
+/// [`parse_head`] leaving the headers as sent ([`RawHead`]).
+fn parse_raw(buf: &mut BytesMut) -> Result<Option<(response::Parts, Facts, Option<RawHead>)>, WireError> {
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let Some((len, status, version, parsed)) = parse_status(buf, &mut slots)? else { return Ok(None) };
     let mut facts = Facts::default();
     let mut connection_named = false;
     // httparse has checked what the map's types would: names are tokens, values have no control
     // bytes but tab (`tests/upstream_framing.rs` sends both kinds of fault on this path).
-    for h in parsed.headers.iter() {
+    for h in parsed.iter() {
         let name = h.name.as_bytes();
         facts.note_raw(name, h.value);
         if name.eq_ignore_ascii_case(b"connection") {
@@ -278,7 +283,7 @@ fn parse_raw(buf: &mut BytesMut) -> Result<Option<(response::Parts, Facts, Optio
                     .any(|t| !t.is_empty() && !crate::head::is_hop_by_hop(t));
         }
     }
-    let start = parsed.headers.first().map_or(len, |h| h.name.as_ptr() as usize - buf.as_ptr() as usize);
+    let start = parsed.first().map_or(len, |h| h.name.as_ptr() as usize - buf.as_ptr() as usize);
     let head = buf.split_to(len).freeze();
     let mut parts = response::Response::new(()).into_parts().0;
     parts.status = status;
