@@ -1,5 +1,6 @@
 //! tiergate's own HTTP/1.1 server, for the requests most of a rate-limited API's traffic is: no
-//! body, nothing unusual in the framing, on a plain listener in front of a plain `http://` upstream.
+//! body, nothing unusual in the framing, in front of a plain `http://` upstream (on the plain
+//! listener, and on the TLS one for connections that did not choose h2 by ALPN).
 //! Such a request is read, proxied and answered here without hyper's server: its head is parsed
 //! with `httparse` (the parser hyper uses) and kept as parsed, the upstream request is written
 //! straight from it (`forward::write_head`), and the response head is written out here.
@@ -38,7 +39,6 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -58,28 +58,32 @@ const READ_SIZE: usize = 8192;
 /// the head, or together, in one write).
 const WRITE_BATCH: usize = 64 * 1024;
 
-/// A connection this module gave up on: the socket and what has been read from it but not
+/// A connection this module gave up on: the stream and what has been read from it but not
 /// answered, for hyper's server to carry on with.
-pub struct Handover {
-    pub stream: TcpStream,
+pub struct Handover<S> {
+    pub stream: S,
     pub read: BytesMut,
 }
 
-/// Serves `stream` until it closes, or until a head this module does not take: then it is handed
-/// back ([`Handover`]) for hyper.
-pub async fn serve(
-    mut stream: TcpStream,
+/// Serves `stream` (a TCP connection, or TLS over one: `tls`) until it closes, or until a head
+/// this module does not take: then it is handed back ([`Handover`]) for hyper.
+pub async fn serve<S>(
+    mut stream: S,
     peer: SocketAddr,
+    tls: bool,
     proxy: Arc<Proxy>,
     shutdown: CancellationToken,
-) -> Option<Handover> {
+) -> Option<Handover<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     let (header_read_timeout, idle_timeout, max_header_bytes) = {
         let snap = proxy.snapshot.load();
         let c = &snap.conn;
         (c.header_read_timeout, c.idle_timeout, c.max_header_bytes)
     };
     let activity = Arc::new(ConnActivity::new());
-    let info = ConnInfo::new(peer, false, Arc::clone(&activity));
+    let info = ConnInfo::new(peer, tls, Arc::clone(&activity));
     let mut read = BytesMut::with_capacity(READ_SIZE);
     let mut out: Vec<u8> = Vec::with_capacity(4096);
     let mut upstream_head: Vec<u8> = Vec::with_capacity(1024);
@@ -305,8 +309,8 @@ enum Framing {
 
 /// Writes the response (head and body) to the client. `Ok(false)`: the connection cannot carry
 /// another response (the body broke off, or the response says `Connection: close`).
-async fn write_response(
-    stream: &mut TcpStream,
+async fn write_response<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     out: &mut Vec<u8>,
     finished: Finished,
     head_method: bool,
@@ -372,7 +376,7 @@ fn ready_frame(body: &mut ProxyBody) -> Poll<Option<Result<http_body::Frame<Byte
 
 /// Adds `data` to the buffered output, writing out what is buffered first when it would grow past
 /// [`WRITE_BATCH`].
-async fn append(stream: &mut TcpStream, out: &mut Vec<u8>, data: Bytes) -> io::Result<()> {
+async fn append<S: AsyncWrite + Unpin>(stream: &mut S, out: &mut Vec<u8>, data: Bytes) -> io::Result<()> {
     if out.len() + data.len() <= WRITE_BATCH {
         out.extend_from_slice(&data);
         return Ok(());

@@ -1,6 +1,6 @@
-//! Listeners' accept loop and each connection's life: a plain connection starts on tiergate's own
-//! HTTP/1.1 path (`h1.rs`), which hands it here at the first request it does not take; here it is
-//! served with hyper-util's auto builder
+//! Listeners' accept loop and each connection's life: a connection (plain, or TLS without h2 by
+//! ALPN) starts on tiergate's own HTTP/1.1 path (`h1.rs`), which hands it here at the first request
+//! it does not take; here it is served with hyper-util's auto builder
 //! (HTTP/1.1 and h2c on one port, h2/HTTP/1.1 by ALPN over TLS), hand every request to the proxy,
 //! enforce the header-read and idle timeouts, report the heads hyper refuses itself (to the proxy,
 //! which counts and logs them; the connection's stream answers them, `conn.rs`), and close
@@ -55,7 +55,7 @@ pub async fn accept_loop(
                             // The handshake counts against the header-read budget.
                             let budget = proxy.snapshot.load().conn.header_read_timeout;
                             match tokio::time::timeout(budget, acceptor.accept(stream)).await {
-                                Ok(Ok(tls_stream)) => serve_connection(tls_stream, true, peer, proxy, shutdown).await,
+                                Ok(Ok(tls_stream)) => serve_tls(tls_stream, peer, proxy, shutdown).await,
                                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                             }
@@ -75,11 +75,33 @@ pub async fn accept_loop(
 /// A plain connection: tiergate's own HTTP/1.1 path (`h1.rs`) while its requests are ones that
 /// path takes, then hyper's for the rest of its life. An `https://` upstream is hyper's throughout.
 async fn serve_plain(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, shutdown: CancellationToken) {
-    if proxy.snapshot.load().upstream_scheme != http::uri::Scheme::HTTP {
-        return serve_connection(stream, false, peer, proxy, shutdown).await;
+    serve_h1_first(stream, false, peer, proxy, shutdown).await;
+}
+
+/// A TLS connection: hyper's when the client chose h2 by ALPN, else as a plain one.
+async fn serve_tls(
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: SocketAddr,
+    proxy: Arc<Proxy>,
+    shutdown: CancellationToken,
+) {
+    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        return serve_connection(stream, true, peer, proxy, shutdown).await;
     }
-    if let Some(h1::Handover { stream, read }) = h1::serve(stream, peer, Arc::clone(&proxy), shutdown.clone()).await {
-        serve_connection(h1::Prefixed::new(read.freeze(), stream), false, peer, proxy, shutdown).await;
+    serve_h1_first(stream, true, peer, proxy, shutdown).await;
+}
+
+async fn serve_h1_first<S>(stream: S, tls: bool, peer: SocketAddr, proxy: Arc<Proxy>, shutdown: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if proxy.snapshot.load().upstream_scheme != http::uri::Scheme::HTTP {
+        return serve_connection(stream, tls, peer, proxy, shutdown).await;
+    }
+    if let Some(h1::Handover { stream, read }) =
+        h1::serve(stream, peer, tls, Arc::clone(&proxy), shutdown.clone()).await
+    {
+        serve_connection(h1::Prefixed::new(read.freeze(), stream), tls, peer, proxy, shutdown).await;
     }
 }
 

@@ -131,6 +131,15 @@ async fn https_with_h2_and_http1_reaches_an_http1_upstream_and_certificates_rota
     let mut h1 = connect(gate.server.addr, &[b"http/1.1"]).await;
     assert_eq!(h1.alpn, b"http/1.1");
     assert_eq!((h1.send)(req(&gate, "/api/x", &t)).await.status, 200);
+    // An origin-form request over TLS: tiergate's own HTTP/1.1 path (`src/h1.rs`) serves it.
+    let mut origin = req(&gate, "/api/y", &t);
+    *origin.uri_mut() = "/api/y".parse().unwrap();
+    let r = (h1.send)(origin).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["path"], "/api/y");
+    assert_eq!(r.upstream_header("x-forwarded-proto"), vec!["https"]);
+    assert_eq!(r.upstream_header("x-user-id"), vec!["tls-user"]);
+    assert!(r.header("strict-transport-security").is_some());
 
     // cert-manager renews the certificate: new connections get it, open ones keep working.
     install(&dir, 2);
