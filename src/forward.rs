@@ -38,21 +38,9 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
-/// Where `name` is in [`HOP_BY_HOP`]: one match on the name's text (compiled to a length switch),
-/// not nine comparisons per header.
+/// Where `name` is in [`HOP_BY_HOP`] (`head.rs` holds the one list of names by text).
 fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
-    match name.as_str() {
-        "connection" => Some(0),
-        "keep-alive" => Some(1),
-        "proxy-connection" => Some(2),
-        "proxy-authenticate" => Some(3),
-        "proxy-authorization" => Some(4),
-        "te" => Some(5),
-        "trailer" => Some(6),
-        "transfer-encoding" => Some(7),
-        "upgrade" => Some(8),
-        _ => None,
-    }
+    crate::head::hop_by_hop_index(name.as_str().as_bytes())
 }
 
 /// One connection pool for the process (it outlives config snapshots, so connections survive
@@ -253,12 +241,7 @@ pub fn write_head(
         out.extend_from_slice(q.as_bytes());
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let line = |out: &mut Vec<u8>, name: &[u8], value: &[u8]| {
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    };
+    let line = crate::head::line;
     // `X-Forwarded-For`: every value the client sent that is visible ASCII, then the peer.
     let mut xff = Vec::new();
     let mut proto_kept = false;
@@ -268,7 +251,7 @@ pub fn write_head(
             Copy::As => line(out, h.name.as_bytes(), h.value),
             Copy::Drop => {}
             Copy::ForwardedFor => {
-                if h.value.iter().all(|&b| b == b'\t' || (32..127).contains(&b)) {
+                if crate::head::visible(h.value) {
                     if !xff.is_empty() {
                         xff.extend_from_slice(b", ");
                     }

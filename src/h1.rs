@@ -35,7 +35,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -44,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::body::ProxyBody;
 use crate::conn::{ConnActivity, ConnInfo};
+use crate::head::line;
 use crate::headers::Decoration;
 use crate::proxy::{Finished, FlatRequest, Proxy};
 
@@ -132,6 +132,10 @@ where
                     watchdog.as_mut().reset(deadline.min(now + tick));
                 }
             }
+        }
+        // A reload may have moved the upstream to `https://`, which only hyper's client speaks.
+        if proxy.snapshot.load().upstream_scheme != http::uri::Scheme::HTTP {
+            return Some(Handover { stream, read });
         }
         let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
         let (len, taken) = match take(&read, &mut slots, max_header_bytes) {
@@ -350,7 +354,7 @@ async fn write_response<S: AsyncWrite + Unpin>(
                     continue;
                 }
                 if matches!(framing, Framing::Chunked) {
-                    out.extend_from_slice(format_args_hex(data.len(), &mut [0; 16]));
+                    out.extend_from_slice(chunk_size(data.len(), &mut [0; 16]));
                     out.extend_from_slice(b"\r\n");
                     append(stream, out, data).await?;
                     out.extend_from_slice(b"\r\n");
@@ -389,7 +393,7 @@ async fn append<S: AsyncWrite + Unpin>(stream: &mut S, out: &mut Vec<u8>, data: 
 }
 
 /// `n` in lower-case hex (a chunk size line).
-fn format_args_hex(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
+fn chunk_size(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut at = buf.len();
     loop {
@@ -414,12 +418,6 @@ fn write_head(
     close: bool,
 ) -> (Framing, bool) {
     let (status, headers, body) = (&resp.status(), resp.headers(), resp.body());
-    let line = |out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue| {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    };
     if *status == StatusCode::OK {
         out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
     } else {
@@ -429,47 +427,31 @@ fn write_head(
         out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    // The response's own headers (tiergate's answers), then an upstream response's as it sent them,
+    // less what `forward::strip_hop_by_hop` and the decorator's `strip_upstream` would take out of a map.
+    let own =
+        headers.iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())).filter(|(n, _)| *n != b"transfer-encoding"); // the framing is this module's
+    let upstream = body.raw_head().into_iter().flat_map(|raw| {
+        raw.headers()
+            .filter(move |(n, _)| !(crate::head::is_hop_by_hop(n) || raw.connection_lists(n) || decoration.strips(n)))
+    });
     let (mut length, mut date, mut says_close, mut security) = (false, false, false, 0u64);
-    for (name, value) in headers {
-        if *name == header::TRANSFER_ENCODING || decoration.replaces(name) {
-            continue; // the framing is this module's; the rate-limit headers are tiergate's
+    for (name, value) in own.chain(upstream) {
+        if decoration.replaces(name) {
+            continue; // the rate-limit headers are tiergate's
         }
-        if *name == header::CONTENT_LENGTH {
+        if name.eq_ignore_ascii_case(b"content-length") {
             length = true;
-        } else if *name == header::DATE {
+        } else if name.eq_ignore_ascii_case(b"date") {
             date = true;
-        } else if *name == header::CONNECTION {
-            says_close |= value.as_bytes().eq_ignore_ascii_case(b"close");
-        } else if let Some(i) = decoration.security_index(name).filter(|&i| i < 64) {
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            says_close |= value.eq_ignore_ascii_case(b"close");
+        } else if let Some(i) = decoration.security_index(name) {
             security |= 1 << i;
         }
         line(out, name, value);
     }
-    // An upstream response's headers as it sent them: what `forward::strip_hop_by_hop` and the
-    // decorator's `strip_upstream` would leave of them in a map.
-    if let Some(raw) = body.raw_head() {
-        for (name, value) in raw.headers() {
-            if crate::head::is_hop_by_hop(name)
-                || raw.connection_lists(name)
-                || decoration.strips_sent(name)
-                || decoration.replaces_sent(name)
-            {
-                continue;
-            }
-            if name.eq_ignore_ascii_case(b"content-length") {
-                length = true;
-            } else if name.eq_ignore_ascii_case(b"date") {
-                date = true;
-            } else if let Some(i) = decoration.security_index_sent(name).filter(|&i| i < 64) {
-                security |= 1 << i;
-            }
-            out.extend_from_slice(name);
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
-        }
-    }
-    decoration.write(out, security, headers);
+    decoration.write(out, security);
     let bodiless =
         status.is_informational() || *status == StatusCode::NO_CONTENT || *status == StatusCode::NOT_MODIFIED;
     let framing = match body.size_hint().exact() {
@@ -651,9 +633,9 @@ mod tests {
 
     #[test]
     fn chunk_sizes_are_lower_case_hex() {
-        assert_eq!(format_args_hex(0, &mut [0; 16]), b"0");
-        assert_eq!(format_args_hex(255, &mut [0; 16]), b"ff");
-        assert_eq!(format_args_hex(0x10000, &mut [0; 16]), b"10000");
+        assert_eq!(chunk_size(0, &mut [0; 16]), b"0");
+        assert_eq!(chunk_size(255, &mut [0; 16]), b"ff");
+        assert_eq!(chunk_size(0x10000, &mut [0; 16]), b"10000");
     }
 
     #[test]

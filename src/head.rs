@@ -35,31 +35,49 @@ impl<'a> Headers<'a> {
     }
 }
 
-/// Whether `name` (as sent, any case) is one of the headers that describe one connection and are
-/// never forwarded (RFC 9110 §7.6.1; `forward.rs` strips the same list from maps).
-pub fn is_hop_by_hop(name: &[u8]) -> bool {
+/// Where `name` (as sent, any case) stands among the headers that describe one connection and are
+/// never forwarded (RFC 9110 §7.6.1), in `forward.rs`'s `HOP_BY_HOP` order (`Connection` first).
+pub fn hop_by_hop_index(name: &[u8]) -> Option<usize> {
     // Lower-cased on the stack, for one `match`; the longest name has 19 bytes.
     let mut lower = [0u8; 20];
-    let Some(buf) = lower.get_mut(..name.len()) else { return false };
+    let buf = lower.get_mut(..name.len())?;
     buf.copy_from_slice(name);
     buf.make_ascii_lowercase();
-    matches!(
-        &*buf,
-        b"connection"
-            | b"keep-alive"
-            | b"proxy-connection"
-            | b"proxy-authenticate"
-            | b"proxy-authorization"
-            | b"te"
-            | b"trailer"
-            | b"transfer-encoding"
-            | b"upgrade"
-    )
+    match &*buf {
+        b"connection" => Some(0),
+        b"keep-alive" => Some(1),
+        b"proxy-connection" => Some(2),
+        b"proxy-authenticate" => Some(3),
+        b"proxy-authorization" => Some(4),
+        b"te" => Some(5),
+        b"trailer" => Some(6),
+        b"transfer-encoding" => Some(7),
+        b"upgrade" => Some(8),
+        _ => None,
+    }
+}
+
+/// Whether `name` (as sent, any case) is a hop-by-hop header ([`hop_by_hop_index`]).
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    hop_by_hop_index(name).is_some()
+}
+
+/// Visible ASCII and tab only: what `HeaderValue::to_str` accepts.
+pub fn visible(value: &[u8]) -> bool {
+    value.iter().all(|&b| b == b'\t' || (32..127).contains(&b))
+}
+
+/// Appends one header line, `name: value` and CRLF, to a head being written as bytes.
+pub fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A value as text, as `HeaderValue::to_str` reads it: visible ASCII and tab only.
 pub fn text(value: &[u8]) -> Option<&str> {
-    if value.iter().all(|&b| b == b'\t' || (32..127).contains(&b)) { std::str::from_utf8(value).ok() } else { None }
+    if visible(value) { std::str::from_utf8(value).ok() } else { None }
 }
 
 #[cfg(test)]

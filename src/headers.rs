@@ -9,6 +9,7 @@
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 
+use crate::head::line;
 use crate::limit::{CONCURRENT, Decision, Plan};
 use crate::values::{self, decimal};
 
@@ -62,6 +63,7 @@ impl Decorator {
             RateLimitHeaders::Both => (true, true),
             RateLimitHeaders::None => (false, false),
         };
+        debug_assert!(security.len() <= 64, "the security headers are the seven of snapshot.rs");
         let mut security_block = Vec::new();
         for (name, value) in &security {
             line(&mut security_block, name.as_str().as_bytes(), value.as_bytes());
@@ -115,14 +117,6 @@ impl Decorator {
     pub fn decoration<'a>(&'a self, rate: Option<(&'a PlanHeaders, &Decision)>) -> Decoration<'a> {
         Decoration { decorator: self, rate: rate.and_then(|(plan, decision)| Rate::of(plan, decision)) }
     }
-}
-
-/// One header line.
-fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// What the rate-limit headers say: the binding window and its numbers.
@@ -181,26 +175,9 @@ pub struct Decoration<'a> {
 }
 
 impl Decoration<'_> {
-    /// Whether a response header of this name is replaced by the decoration (a rate-limit header
-    /// tiergate sets): the response's own is then left out.
-    pub fn replaces(&self, name: &HeaderName) -> bool {
-        let Some(r) = &self.rate else { return false };
-        let d = self.decorator;
-        (d.legacy
-            && (name == X_RATELIMIT_LIMIT
-                || name == X_RATELIMIT_REMAINING
-                || name == X_RATELIMIT_RESET
-                || name == X_RATELIMIT_WINDOW))
-            || (d.ietf && (name == RATELIMIT || (name == RATELIMIT_POLICY && r.policy.is_some())))
-    }
-
-    /// Which security header this is, if any: a response's own value of it wins over the decoration's.
-    pub fn security_index(&self, name: &HeaderName) -> Option<usize> {
-        self.decorator.security.iter().position(|(n, _)| n == name)
-    }
-
-    /// [`Self::replaces`] for a name as sent (any case).
-    pub fn replaces_sent(&self, name: &[u8]) -> bool {
+    /// Whether a response header of this name (as sent, any case) is replaced by the decoration (a
+    /// rate-limit header tiergate sets): the response's own is then left out.
+    pub fn replaces(&self, name: &[u8]) -> bool {
         let Some(r) = &self.rate else { return false };
         let d = self.decorator;
         let is = |n: &HeaderName| name.eq_ignore_ascii_case(n.as_str().as_bytes());
@@ -211,26 +188,26 @@ impl Decoration<'_> {
             || (d.ietf && (is(&RATELIMIT) || (r.policy.is_some() && is(&RATELIMIT_POLICY))))
     }
 
-    /// [`Self::security_index`] for a name as sent (any case).
-    pub fn security_index_sent(&self, name: &[u8]) -> Option<usize> {
+    /// Which security header a response header of this name (as sent, any case) is, if any: a
+    /// response's own value of it wins over the decoration's.
+    pub fn security_index(&self, name: &[u8]) -> Option<usize> {
         self.decorator.security.iter().position(|(n, _)| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
     }
 
     /// Whether an upstream header of this name (as sent) is stripped ([`Decorator::strip_upstream`]).
-    pub fn strips_sent(&self, name: &[u8]) -> bool {
+    pub fn strips(&self, name: &[u8]) -> bool {
         self.decorator.remove.iter().any(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
     }
 
     /// Writes every header line the decoration adds, given the security headers the response has
-    /// (bit `i`: [`Self::security_index`] `i`; past 64 of them, looked up in `headers`).
-    pub fn write(&self, out: &mut Vec<u8>, present: u64, headers: &HeaderMap) {
+    /// (bit `i`: [`Self::security_index`] `i`; there are at most seven, `snapshot.rs`).
+    pub fn write(&self, out: &mut Vec<u8>, present: u64) {
         let d = self.decorator;
-        if present == 0 && d.security.len() <= 64 {
+        if present == 0 {
             out.extend_from_slice(&d.security_block);
         } else {
             for (i, (name, value)) in d.security.iter().enumerate() {
-                let has = if i < 64 { present & (1 << i) != 0 } else { headers.contains_key(name) };
-                if !has {
+                if present & (1 << i) == 0 {
                     line(out, name.as_str().as_bytes(), value.as_bytes());
                 }
             }
@@ -381,15 +358,15 @@ mod tests {
                     let mut out = Vec::new();
                     let mut present = 0u64;
                     for (name, value) in &headers {
-                        if deco.replaces(name) {
+                        if deco.replaces(name.as_str().as_bytes()) {
                             continue;
                         }
-                        if let Some(i) = deco.security_index(name) {
+                        if let Some(i) = deco.security_index(name.as_str().as_bytes()) {
                             present |= 1 << i;
                         }
                         line(&mut out, name.as_str().as_bytes(), value.as_bytes());
                     }
-                    deco.write(&mut out, present, &headers);
+                    deco.write(&mut out, present);
                     let mut written: Vec<(String, String)> = std::str::from_utf8(&out)
                         .unwrap()
                         .split_terminator("\r\n")

@@ -247,11 +247,7 @@ impl Proxy {
         // 1. Framing that hyper lets through but a proxy must not (request smuggling).
         check_framing(req.version(), req.headers(), &conn.activity)?;
         // 2. The path routes match is the path the upstream receives (CONTRACT.md "Paths").
-        let normalized = match snap.routes.normalize(req.uri().path()) {
-            Ok(Cow::Borrowed(_)) => None,
-            Ok(Cow::Owned(path)) => Some(path),
-            Err(e) => return Err(ProxyError::BadRequest(e.detail())),
-        };
+        let normalized = path_stage(snap, req.uri().path(), ctx)?;
         if normalized.as_deref().unwrap_or(req.uri().path()) == QUOTA_PATH && req.method() == Method::GET {
             return self.quota(snap, conn, req.headers().into(), ctx).await;
         }
@@ -259,7 +255,6 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let client_upgrade = parts.extensions.remove::<OnUpgrade>();
         if let Some(path) = normalized {
-            ctx.path = Some(path.clone());
             parts.uri = with_path(&parts.uri, path)
                 .map_err(|_| ProxyError::BadRequest("The request target cannot be forwarded."))?;
         }
@@ -323,12 +318,7 @@ impl Proxy {
         inflight: InflightGuard,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         // 2. The path.
-        let normalized = match snap.routes.normalize(req.path) {
-            Ok(Cow::Borrowed(_)) => None,
-            Ok(Cow::Owned(path)) => Some(path),
-            Err(e) => return Err(ProxyError::BadRequest(e.detail())),
-        };
-        ctx.path.clone_from(&normalized);
+        let normalized = path_stage(snap, req.path, ctx)?;
         let path = normalized.as_deref().unwrap_or(req.path);
         if path == QUOTA_PATH && req.method == Method::GET {
             return self.quota(snap, conn, Headers::Parsed(req.headers), ctx).await;
@@ -486,6 +476,19 @@ impl Ctx {
             path: None,
             upstream: None,
         }
+    }
+}
+
+/// Stage 2: the path as routes match it and the upstream receives it (CONTRACT.md "Paths"):
+/// `Some` when normalising changed it (noted for the access log), `None` when it stands as sent.
+fn path_stage(snap: &Snapshot, path: &str, ctx: &mut Ctx) -> Result<Option<String>, ProxyError> {
+    match snap.routes.normalize(path) {
+        Ok(Cow::Borrowed(_)) => Ok(None),
+        Ok(Cow::Owned(path)) => {
+            ctx.path = Some(path.clone());
+            Ok(Some(path))
+        }
+        Err(e) => Err(ProxyError::BadRequest(e.detail())),
     }
 }
 

@@ -31,6 +31,8 @@ use http::{Method, StatusCode, Version, request, response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::head::visible;
+
 /// The largest response head read (hyper's client's default buffer limit).
 pub const MAX_HEAD: usize = 8192 + 4096 * 100;
 /// The most headers a response head may have (hyper's client's default).
@@ -381,11 +383,6 @@ impl Facts {
             self.close |= lists_token(value, b"close");
         }
     }
-}
-
-/// Visible ASCII and tab only: what `HeaderValue::to_str` accepts.
-fn visible(value: &[u8]) -> bool {
-    value.iter().all(|&b| b == b'\t' || (32..127).contains(&b))
 }
 
 /// One `Content-Length` value (a comma list of equal lengths allowed) after the lengths `seen` so far.

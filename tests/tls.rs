@@ -289,3 +289,76 @@ async fn over_tls_an_idempotent_request_on_a_connection_closed_unanswered_goes_a
     assert_eq!(reply.status.as_u16(), 502, "{}", reply.body);
     assert_eq!(accepted.load(Ordering::SeqCst), before, "a POST is not sent again");
 }
+
+/// A reload that moves the upstream to `https://` while a kept-alive client connection is on
+/// tiergate's own HTTP/1.1 path (which speaks only plain HTTP to the upstream): that connection's
+/// next request is handed to hyper's server and reaches the new upstream, rather than failing.
+#[tokio::test]
+async fn a_reload_to_an_https_upstream_moves_a_kept_alive_connection_to_hyper() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The plain upstream answers "plain"; the TLS one is the echo (JSON).
+    let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let plain_addr = plain.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = plain.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while read_head(&mut s, &mut buf).await.is_some() {
+                    if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let tls = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tls_addr = tls.local_addr().unwrap();
+    tiergate::demo::spawn_echo_tls(tls, fixture_acceptor(&[b"http/1.1"]));
+
+    let dir = scratch("to-https");
+    std::fs::create_dir_all(&dir).unwrap();
+    // `upstream_ca_file` needs a restart to change, so it is there from the start.
+    let config = |upstream: &str| {
+        format!("{SERVER}{IDENTITY}{TIERS}")
+            .replace("[server]\n", &format!("[server]\nupstream_ca_file = \"{}\"\n", fixture("tls_ca.pem")))
+            .replace("http://127.0.0.1:1", upstream)
+    };
+    let path = dir.join("config.toml");
+    let before = config(&format!("http://{plain_addr}"));
+    std::fs::write(&path, &before).unwrap();
+    let gate = Gate::start_with_upstream(&before, &format!("http://{plain_addr}"), plain_addr).await;
+    gate.server.watch_config(path.clone(), tiergate::snapshot::Secrets::default().with(SECRET_ENV, SECRET), None);
+
+    // One response off the kept-alive connection: its status line and body.
+    async fn answer(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> (String, String) {
+        let head = tokio::time::timeout(Duration::from_secs(5), read_head(s, buf)).await.unwrap().unwrap();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+            .unwrap();
+        let mut chunk = [0u8; 4096];
+        while buf.len() < len {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed mid-body");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let body = String::from_utf8_lossy(&buf.drain(..len).collect::<Vec<_>>()).into_owned();
+        (head.lines().next().unwrap().to_string(), body)
+    }
+    let mut s = tokio::net::TcpStream::connect(gate.server.addr).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(b"GET /before HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    assert_eq!(answer(&mut s, &mut buf).await, ("HTTP/1.1 200 OK".to_string(), "plain".to_string()));
+
+    std::fs::write(&path, config(&format!("https://localhost:{}", tls_addr.port()))).unwrap();
+    let start = Instant::now();
+    while !get(&gate.url("/probe"), &[]).await.body.starts_with('{') {
+        assert!(start.elapsed() < Duration::from_secs(10), "the reload to the https upstream never applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.write_all(b"GET /after HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    let (status, body) = answer(&mut s, &mut buf).await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    assert!(body.contains("\"path\":\"/after\""), "the https upstream answered: {body}");
+    let _ = std::fs::remove_dir_all(dir);
+}
